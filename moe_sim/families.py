@@ -1,0 +1,158 @@
+"""Score and expert families.
+
+Every score in the zoo is linear in its parameters over a fixed feature map of x, and every expert is an
+activation applied to a linear function of its parameters over another fixed feature map:
+
+    s(x; beta) = beta . phi(x),        h(x; eta) = act(eta . psi(x)).
+
+So a model is fully described by two feature maps and an activation with its derivative, the features are
+computed once per data set, and every gradient is a pair of matrix products. A new expert family is an
+`ExpertFamily` with those three pieces (see `register_expert`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy.special import expit, ndtr
+
+Array = np.ndarray
+
+SCORES = ("linear", "quadratic", "partial_quadratic")
+
+
+def score_dim(score: str, d: int) -> int:
+    """Number of gate-score parameters for a score family in dimension d."""
+    n_quad = d * (d + 1) // 2
+    return {"linear": d, "quadratic": n_quad + d, "partial_quadratic": n_quad}[score]
+
+
+def score_features(score: str, X: Array) -> Array:
+    """Gate feature map phi(X), atoms-major: shape (q, n).
+
+    Quadratic coefficients are those of the monomials x_u x_v (u <= v) in row-major order of the upper
+    triangle; the fully quadratic score appends the d linear coefficients.
+    """
+    Xt = X.T
+    if score == "linear":
+        return np.ascontiguousarray(Xt)
+    iu, ju = np.triu_indices(X.shape[1])
+    quad = Xt[iu] * Xt[ju]
+    if score == "partial_quadratic":
+        return quad
+    return np.vstack([quad, Xt])
+
+
+def _identity(u: Array) -> Array:
+    return u
+
+
+def _ones(u: Array) -> Array:
+    return np.ones_like(u)
+
+
+def _relu(u: Array) -> Array:
+    return np.maximum(u, 0.0)
+
+
+def _relu_grad(u: Array) -> Array:
+    return (u > 0).astype(u.dtype)
+
+
+_INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
+
+
+def _gelu(u: Array) -> Array:
+    return u * ndtr(u)
+
+
+def _gelu_grad(u: Array) -> Array:
+    return ndtr(u) + u * _INV_SQRT_2PI * np.exp(-0.5 * u * u)
+
+
+def _sigmoid_grad(u: Array) -> Array:
+    s = expit(u)
+    return s * (1.0 - s)
+
+
+def _tanh_grad(u: Array) -> Array:
+    t = np.tanh(u)
+    return 1.0 - t * t
+
+
+def affine_features(X: Array) -> Array:
+    """[1; x] as rows: the features of a^T x + b with parameters [b, a_1..a_d]."""
+    return np.vstack([np.ones(X.shape[0]), X.T])
+
+
+def _constant_features(X: Array) -> Array:
+    return np.ones((1, X.shape[0]))
+
+
+@dataclass(frozen=True)
+class ExpertFamily:
+    """An expert h(x; eta) = activation(eta . features(x)).
+
+    features(X, degree) maps (n, d) inputs to a (p, n) array; n_params(d, degree) gives p. `identifiable`
+    says whether over-specified cells of this family converge under least squares ("strong": FFN experts
+    that are not positively homogeneous; "homogeneous": ReLU, a scale trade inside a cell; "weak": linear
+    and polynomial; "none": input-independent). `affine` marks the [b, a] layout (intercept first).
+    """
+
+    name: str
+    activation: Callable[[Array], Array]
+    derivative: Callable[[Array], Array]
+    features: Callable[[Array, int], Array]
+    n_params: Callable[[int, int], int]
+    identifiable: str = "strong"
+    affine: bool = True
+    linear_in_params: bool = False
+
+
+def _ffn(name: str, act, dact, identifiable: str = "strong") -> ExpertFamily:
+    return ExpertFamily(
+        name=name,
+        activation=act,
+        derivative=dact,
+        features=lambda X, degree: affine_features(X),
+        n_params=lambda d, degree: d + 1,
+        identifiable=identifiable,
+    )
+
+
+def _polynomial_features(X: Array, degree: int) -> Array:
+    return X[:, 0][None, :] ** np.arange(degree + 1)[:, None]
+
+
+EXPERTS: dict[str, ExpertFamily] = {
+    "linear": ExpertFamily(
+        "linear", _identity, _ones, lambda X, degree: affine_features(X), lambda d, degree: d + 1,
+        identifiable="weak", linear_in_params=True,
+    ),
+    "polynomial": ExpertFamily(
+        "polynomial", _identity, _ones, _polynomial_features, lambda d, degree: degree + 1,
+        identifiable="weak", affine=False, linear_in_params=True,
+    ),
+    "relu": _ffn("relu", _relu, _relu_grad, identifiable="homogeneous"),
+    "gelu": _ffn("gelu", _gelu, _gelu_grad),
+    "sigmoid": _ffn("sigmoid", expit, _sigmoid_grad),
+    "tanh": _ffn("tanh", np.tanh, _tanh_grad),
+    "constant": ExpertFamily(
+        "constant", _identity, _ones, lambda X, degree: _constant_features(X), lambda d, degree: 1,
+        identifiable="none", affine=False, linear_in_params=True,
+    ),
+}
+
+
+def register_expert(family: ExpertFamily) -> ExpertFamily:
+    """Make a new expert family available by name to `MoESpec(expert=name)`.
+
+    Worker processes of a sweep do not see this registry; pass the `ExpertFamily` object itself as
+    `MoESpec(expert=family)` when the family must travel to other processes.
+    """
+    if not isinstance(family, ExpertFamily):
+        raise ValueError(f"family must be an ExpertFamily, got {type(family).__name__}")
+    EXPERTS[family.name] = family
+    return family

@@ -1,0 +1,136 @@
+"""The predicted-rates table of THEORY.md section 3, as data.
+
+Each rule gives, for a model family (gate, estimator, score class, expert class, sigmoid regime) and a cell
+type (exactly or over-specified), the exponent a of the rate n^-a of each parameter block, or a named
+non-polynomial behaviour ("slow", "not identified", "1/log^lambda(n)"). Every rule carries its source tag:
+S stated in a paper, R reconstructed (a hypothesis the simulator tests), measured (by the prototype).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+import pandas as pd
+
+from .measure import MixingMeasure, MoESpec
+from .voronoi import cell_exponent, sigmoid_regime
+
+
+@dataclass(frozen=True)
+class Rule:
+    gate: str  # "softmax" | "sigmoid" | "any"
+    estimator: str  # "mle" (Gaussian MoE, EM) | "lse"
+    score: str  # "linear" | "quadratic" (fully or partially) | "any"
+    experts: str  # "strong" | "homogeneous" | "weak" | "none" (ExpertFamily.identifiable)
+    regime: int | None  # sigmoid regime (1, 2); None: any (softmax has no regimes)
+    cell: str  # "exact" | "over"
+    rates: dict  # block -> Fraction exponent a (rate n^-a) or a named behaviour
+    tag: str
+    source: str
+
+
+HALF = Fraction(1, 2)
+QUARTER = Fraction(1, 4)
+_EXACT = {"weight": HALF, "gate": HALF, "expert": HALF}
+_SLOW = {"weight": HALF, "gate": "slow", "expert": "slow"}
+
+RULES: tuple[Rule, ...] = (
+    # Paper a: softmax Gaussian MoE, MLE; over-specified exponents depend on r = r(m), filled in below.
+    Rule("softmax", "mle", "linear", "weak", None, "exact", {**_EXACT, "var": HALF}, "S", "paper a"),
+    Rule("softmax", "mle", "linear", "weak", None, "over", {"weight": HALF, "gate": "1/(2r)",
+         "expert_intercept": "1/(2r)", "expert_slope": "1/r", "var": "1/r"}, "S", "paper a"),
+    # Least squares, linear score.
+    Rule("softmax", "lse", "linear", "strong", None, "exact", _EXACT, "R", "paper b"),
+    Rule("softmax", "lse", "linear", "strong", None, "over",
+         {"weight": HALF, "gate": QUARTER, "expert": QUARTER}, "R", "paper b"),
+    Rule("any", "lse", "any", "homogeneous", 1, "exact", _EXACT, "measured", "prototype (THEORY.md s6)"),
+    Rule("any", "lse", "any", "homogeneous", 1, "over",
+         {"weight": HALF, "gate": "not identified", "expert": "not identified"},
+         "measured", "prototype (THEORY.md s6)"),
+    Rule("softmax", "lse", "linear", "weak", None, "exact", _EXACT, "S", "paper b"),
+    Rule("softmax", "lse", "linear", "weak", None, "over", _SLOW, "S", "paper b; prototype"),
+    Rule("sigmoid", "lse", "linear", "strong", 1, "exact", _EXACT, "R", "paper c"),
+    Rule("sigmoid", "lse", "linear", "strong", 1, "over",
+         {"weight": HALF, "gate": QUARTER, "expert": QUARTER}, "R", "paper c"),
+    Rule("sigmoid", "lse", "linear", "weak", 1, "exact", _EXACT, "R", "paper c"),
+    Rule("sigmoid", "lse", "linear", "weak", 1, "over", _SLOW, "R", "paper c"),
+    Rule("sigmoid", "lse", "any", "strong", 2, "exact", _EXACT, "R", "paper c; Yan et al. 2025 (towards G_bar)"),
+    Rule("sigmoid", "lse", "any", "homogeneous", 2, "exact", _EXACT, "R", "paper c; Yan et al. 2025 (towards G_bar)"),
+    Rule("sigmoid", "lse", "any", "weak", 2, "exact", _EXACT, "R", "paper c; Yan et al. 2025 (towards G_bar)"),
+    # Quadratic scores (attention rows).
+    Rule("softmax", "lse", "quadratic", "weak", None, "exact", _EXACT, "R", "Yan et al. 2025"),
+    Rule("softmax", "lse", "quadratic", "weak", None, "over",
+         {"weight": HALF, "gate": "1/log^lambda(n)", "expert": "1/log^lambda(n)"}, "R", "Yan et al. 2025"),
+    Rule("softmax", "lse", "quadratic", "strong", None, "exact", _EXACT, "R", "Yan et al. 2025"),
+    Rule("softmax", "lse", "quadratic", "strong", None, "over",
+         {"weight": HALF, "gate": "1/log^lambda(n)", "expert": "1/log^lambda(n)"}, "R", "Yan et al. 2025"),
+    Rule("sigmoid", "lse", "quadratic", "strong", 1, "exact", _EXACT, "R", "Yan et al. 2025"),
+    Rule("sigmoid", "lse", "quadratic", "strong", 1, "over",
+         {"weight": HALF, "gate": QUARTER, "expert": QUARTER}, "R", "Yan et al. 2025"),
+    Rule("sigmoid", "lse", "quadratic", "weak", 1, "exact", _EXACT, "R", "Yan et al. 2025"),
+    Rule("sigmoid", "lse", "quadratic", "weak", 1, "over", _SLOW, "R", "Yan et al. 2025"),
+    # Input-independent experts.
+    Rule("any", "lse", "any", "none", None, "exact", {"weight": "slow", "gate": "slow", "expert": "slow"},
+         "R", "THEORY.md s3"),
+    Rule("any", "lse", "any", "none", None, "over", {"weight": "slow", "gate": "slow", "expert": "slow"},
+         "R", "THEORY.md s3"),
+)
+
+
+def _matches(rule: Rule, gate: str, estimator: str, score: str, experts: str, regime: int | None) -> bool:
+    return (
+        rule.gate in ("any", gate)
+        and rule.estimator == estimator
+        and rule.score in ("any", score)
+        and rule.experts == experts
+        and (rule.regime is None or regime is None or rule.regime == regime)
+    )
+
+
+def _exponent(value, r: float) -> tuple[float, str]:
+    """(exponent, label) for a table value; exponent NaN for non-polynomial behaviour."""
+    if isinstance(value, Fraction):
+        return float(value), f"n^-{value}"
+    if value == "1/(2r)":
+        return 1.0 / (2 * r), f"n^-1/{2 * r:g}"
+    if value == "1/r":
+        return 1.0 / r, f"n^-1/{r:g}"
+    return np.nan, value
+
+
+def predicted_rates(spec: MoESpec, G_true: MixingMeasure, k: int, r=None) -> pd.DataFrame:
+    """The predictions for fitting k atoms to data from G_true in this family, one row per cell type and block.
+
+    Columns: cell ("exact" | "over"), cell_size, block, exponent (a in n^-a; NaN where no polynomial rate
+    is predicted), rate (its label), reference ("G*" or "G_bar"), tag, source. Over-specified rows are given
+    for every cell size from 2 to k - k* + 1. The regression function's sqrt(log n / n) [S] is always the
+    first row.
+    """
+    spec.check_measure(G_true, "G_true")
+    if not isinstance(k, (int, np.integer)) or k < G_true.k:
+        raise ValueError(f"k must be an integer >= the number of true atoms ({G_true.k}), got {k!r}")
+    estimator = "mle" if spec.likelihood == "gaussian" else "lse"
+    score = "linear" if spec.score == "linear" else "quadratic"
+    regime = sigmoid_regime(G_true) if spec.gate == "sigmoid" else None
+    reference = "G_bar" if regime == 2 else "G*"
+    rows = [{"cell": "all", "cell_size": np.nan, "block": "regression_function", "exponent": 0.5,
+             "rate": "sqrt(log n / n)", "reference": "G*", "tag": "S", "source": "all papers"}]
+    sizes = [1] if (k == G_true.k or regime == 2) else [1, *range(2, k - G_true.k + 2)]
+    for m in sizes:
+        cell = "exact" if m == 1 else "over"
+        found = [rl for rl in RULES if rl.cell == cell and _matches(
+            rl, spec.gate, estimator, score, spec.expert_family.identifiable, regime)]
+        if not found:
+            rows.append({"cell": cell, "cell_size": m, "block": "any", "exponent": np.nan,
+                         "rate": "no prediction", "reference": reference, "tag": "", "source": ""})
+            continue
+        rule = found[0]
+        needs_r = any(v in ("1/(2r)", "1/r") for v in rule.rates.values())
+        r_m = cell_exponent(m, r) if needs_r else np.nan
+        for block, value in rule.rates.items():
+            exponent, label = _exponent(value, r_m)
+            rows.append({"cell": cell, "cell_size": m, "block": block, "exponent": exponent, "rate": label,
+                         "reference": reference, "tag": rule.tag, "source": rule.source})
+    return pd.DataFrame(rows)
