@@ -2,10 +2,11 @@
 
 Softmax gates are compared up to the translation (c, beta) -> (c + t0, beta + t). The infimum is taken over
 a finite set of translations, never an unbounded one (an unbounded t0 -> -inf sends every fitted weight to
-zero and every loss to sum_j exp(c*_j)): the identity, and for each fitted atom i the translation that puts
-beta_i on the reference true atom's beta (the last true atom) with either (a) c_i on its bias or (b) the
-total weight of the reference cell on its weight. (b) is what aligns a fit whose reference cell holds
-several atoms.
+zero and every loss to sum_j exp(c*_j)): for each fitted atom i, the translation that puts beta_i on the
+reference true atom's beta (the last true atom) with c_i on its bias; then, with the reference cell that
+translation defines, the total weight of that cell on the reference weight, with beta_i or with the cell's
+weight-averaged beta on the reference beta. The last two align a fit whose reference cell holds several
+atoms. The set moves with G, so the loss is exactly invariant to translating G.
 """
 
 from __future__ import annotations
@@ -129,13 +130,15 @@ def _loss_fixed(spec: MoESpec, G: MixingMeasure, G_true: MixingMeasure, kind: st
 
 
 def _candidate_translations(spec: MoESpec, G: MixingMeasure, G_true: MixingMeasure):
-    yield 0.0, np.zeros(spec.q)
     for i in range(G.k):
         t = G_true.gate[-1] - G.gate[i]
         yield G_true.bias[-1] - G.bias[i], t
         ref_cell = _cells(spec, G.translate(0.0, t), G_true)[-1]
         if len(ref_cell):
-            yield G_true.bias[-1] - logsumexp(G.bias[ref_cell]), t
+            t0 = G_true.bias[-1] - logsumexp(G.bias[ref_cell])
+            yield t0, t
+            share = np.exp(G.bias[ref_cell] - logsumexp(G.bias[ref_cell]))
+            yield t0, G_true.gate[-1] - share @ G.gate[ref_cell]
 
 
 def _check_kind(spec: MoESpec, G: MixingMeasure, G_true: MixingMeasure, kind: str) -> str:

@@ -1,0 +1,26 @@
+# Entry points. Each target creates the virtual environment on first use (nothing to install by hand).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo reproduce test test-fast bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[all]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m moe_sim.demo
+
+reproduce: $(STAMP)
+	$(BIN)/python -m moe_sim.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not gpu"
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not gpu"

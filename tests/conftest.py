@@ -1,0 +1,47 @@
+"""Shared fixtures: the truths of THEORY.md and a CUDA check for `gpu` tests."""
+
+import numpy as np
+import pytest
+
+import moe_sim as ms
+
+
+@pytest.fixture
+def paper_a():
+    """Paper a's softmax Gaussian MoE (THEORY.md s4): d = 1, k* = 2."""
+    spec = ms.MoESpec(gate="softmax", score="linear", expert="linear", d=1, likelihood="gaussian")
+    G = ms.MixingMeasure(
+        bias=[-8.0, 0.0], gate=[[25.0], [0.0]], expert=[[15.0, -20.0], [-5.0, 20.0]], var=[0.09, 0.16]
+    )
+    return spec, G
+
+
+@pytest.fixture
+def sigmoid_tanh():
+    """A sigmoid-gated tanh-expert regression model, d = 1, k* = 2 (regime 2: both scores non-zero)."""
+    spec = ms.MoESpec(gate="sigmoid", score="linear", expert="tanh", d=1)
+    G = ms.MixingMeasure(bias=[0.5, -0.5], gate=[[3.0], [-2.0]], expert=[[0.2, 2.0], [-0.5, -1.5]])
+    return spec, G
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if not has_cuda:
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+def random_measure(spec: ms.MoESpec, k: int, rng) -> ms.MixingMeasure:
+    """A random k-atom measure of this family (with variances for the Gaussian MoE)."""
+    rng = np.random.default_rng(rng)
+    var = rng.uniform(0.2, 1.0, k) if spec.likelihood == "gaussian" else None
+    return ms.MixingMeasure(
+        bias=rng.normal(size=k), gate=rng.normal(size=(k, spec.q)), expert=rng.normal(size=(k, spec.p)), var=var
+    )

@@ -1,0 +1,189 @@
+"""f_G, the Gaussian MoE density and their analytic gradients."""
+
+import itertools
+import zlib
+
+import numpy as np
+import pytest
+
+import moe_sim as ms
+from moe_sim.model import CHUNK, Features, forward, regression_vjp
+from tests.conftest import random_measure
+
+SCORES = ["linear", "quadratic", "partial_quadratic"]
+GATES = ["softmax", "sigmoid"]
+EXPERTS = ["linear", "polynomial", "relu", "gelu", "sigmoid", "tanh", "constant"]
+
+
+def _spec(gate, score, expert, likelihood="regression"):
+    d = 1 if expert == "polynomial" else 2
+    return ms.MoESpec(gate=gate, score=score, expert=expert, d=d, likelihood=likelihood, degree=3,
+                      temperature=1.5)
+
+
+def _numeric_jacobian(fun, G: ms.MixingMeasure, eps=1e-6):
+    """Central differences of fun(G) (an (n,) array) in every parameter, in MixingMeasure.to_vector order."""
+    theta = G.to_vector()
+    k, q, p = G.k, G.gate.shape[1], G.expert.shape[1]
+    cols = []
+    for idx in range(theta.size):
+        step = np.zeros_like(theta)
+        step[idx] = eps
+        plus = ms.MixingMeasure.from_vector(theta + step, k, q, p, G.var is not None)
+        minus = ms.MixingMeasure.from_vector(theta - step, k, q, p, G.var is not None)
+        cols.append((fun(plus) - fun(minus)) / (2 * eps))
+    return np.stack(cols)  # (n_params, n)
+
+
+def _flatten(grad: dict, names) -> np.ndarray:
+    n = grad["bias"].shape[-1]
+    return np.concatenate([grad[name].reshape(-1, n) for name in names])
+
+
+@pytest.mark.parametrize("gate,score,expert", list(itertools.product(GATES, SCORES, EXPERTS)))
+def test_regression_gradient_matches_finite_differences(gate, score, expert):
+    spec = _spec(gate, score, expert)
+    rng = np.random.default_rng(zlib.crc32(f"{gate}{score}{expert}".encode()))
+    G = random_measure(spec, 3, rng)
+    X = ms.draw_design("uniform", 7, spec.d, rng)
+    analytic = _flatten(ms.regression_gradient(spec, G, X), ["bias", "gate", "expert"])
+    numeric = _numeric_jacobian(lambda H: ms.regression_function(spec, H, X), G)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("gate,expert", list(itertools.product(GATES, ["tanh", "linear"])))
+def test_vjp_is_the_contracted_jacobian(gate, expert):
+    spec = _spec(gate, "quadratic", expert)
+    G = random_measure(spec, 4, 1)
+    X = ms.draw_design("uniform", 50, spec.d, 2)
+    v = np.random.default_rng(3).normal(size=50)
+    feats = Features.of(spec, X)
+    vjp = regression_vjp(spec, G, feats, forward(spec, G, feats), v)
+    jac = ms.regression_gradient(spec, G, X)
+    for name in ("bias", "gate", "expert"):
+        np.testing.assert_allclose(vjp[name], jac[name] @ v, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("score,expert", list(itertools.product(SCORES, ["linear", "polynomial", "tanh"])))
+def test_log_density_gradient_matches_finite_differences(score, expert):
+    spec = _spec("softmax", score, expert, likelihood="gaussian")
+    rng = np.random.default_rng(7)
+    G = random_measure(spec, 3, rng)
+    X = ms.draw_design("uniform", 6, spec.d, rng)
+    y = rng.normal(size=6)
+    analytic = _flatten(ms.log_density_gradient(spec, G, X, y), ["bias", "gate", "expert", "var"])
+    numeric = _numeric_jacobian(lambda H: ms.log_density(spec, H, X, y), G)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_log_density_integrates_to_one(paper_a):
+    spec, G = paper_a
+    ys = np.linspace(-40, 40, 40001)
+    X = np.full((ys.size, 1), 0.3)
+    dens = np.exp(ms.log_density(spec, G, X, ys))
+    np.testing.assert_allclose(np.trapezoid(dens, ys), 1.0, rtol=1e-8)
+
+
+def test_softmax_is_stable_for_huge_logits():
+    spec = ms.MoESpec(gate="softmax", expert="constant")
+    G = ms.MixingMeasure(bias=[1000.0, 0.0], gate=[[0.0], [0.0]], expert=[[2.0], [5.0]])
+    np.testing.assert_allclose(ms.regression_function(spec, G, np.zeros((3, 1))), 2.0)
+
+
+def test_chunked_evaluation_equals_one_pass(sigmoid_tanh):
+    spec, G = sigmoid_tanh
+    X = ms.draw_design("uniform", 2 * CHUNK + 17, 1, 0)
+    whole = forward(spec, G, Features.of(spec, X)).f
+    np.testing.assert_allclose(ms.regression_function(spec, G, X), whole, rtol=0, atol=1e-15)
+
+
+def test_regression_function_values_by_hand():
+    """Two sigmoid atoms, tanh experts, at x = 0.5: computed term by term."""
+    spec = ms.MoESpec(gate="sigmoid", expert="tanh")
+    G = ms.MixingMeasure(bias=[0.1, -0.2], gate=[[1.0], [2.0]], expert=[[0.3, 1.0], [-0.4, 2.0]])
+    sig = lambda t: 1 / (1 + np.exp(-t))  # noqa: E731
+    expected = sig(0.6) * np.tanh(0.8) + sig(0.8) * np.tanh(0.6)
+    np.testing.assert_allclose(ms.regression_function(spec, G, [0.5]), [expected], rtol=1e-14)
+
+
+def test_quadratic_feature_order():
+    """Quadratic gate columns: x1^2, x1 x2, x2^2, then x1, x2."""
+    spec = ms.MoESpec(gate="sigmoid", score="quadratic", expert="constant", d=2)
+    x = np.array([[2.0, 3.0]])
+    for col, value in enumerate([4.0, 6.0, 9.0, 2.0, 3.0]):
+        gate = np.zeros((1, 5))
+        gate[0, col] = 1.0
+        G = ms.MixingMeasure(bias=[0.0], gate=gate, expert=[[1.0]])
+        np.testing.assert_allclose(ms.regression_function(spec, G, x), 1 / (1 + np.exp(-value)))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"gate": "relu"}, "gate='relu'"),
+        ({"score": "cubic"}, "score='cubic'"),
+        ({"expert": "swish"}, "expert='swish'"),
+        ({"likelihood": "poisson"}, "likelihood"),
+        ({"d": 0}, "d must be"),
+        ({"expert": "polynomial", "d": 2}, "d must be 1"),
+        ({"gate": "sigmoid", "likelihood": "gaussian"}, "gate='softmax'"),
+        ({"temperature": 0.0}, "temperature"),
+    ],
+)
+def test_bad_spec_names_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ms.MoESpec(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"bias": [], "gate": np.zeros((0, 1)), "expert": np.zeros((0, 2))}, "at least one atom"),
+        ({"bias": [0.0, 1.0], "gate": [[1.0]], "expert": [[0, 1], [0, 1]]}, "gate has 1 atoms"),
+        ({"bias": [0.0], "gate": [[1.0]], "expert": [[0, 1]], "var": [-1.0]}, "var must be positive"),
+        ({"bias": [np.nan], "gate": [[1.0]], "expert": [[0, 1]]}, "bias contains NaN"),
+        ({"bias": [0.0], "gate": [[np.inf]], "expert": [[0, 1]]}, "gate contains NaN or inf"),
+        ({"bias": [0.0], "gate": [1.0], "expert": [[0, 1]]}, "gate must have 2 dimension"),
+    ],
+)
+def test_bad_measure_is_rejected_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ms.MixingMeasure(**kwargs)
+
+
+def test_measure_shape_must_fit_the_spec(sigmoid_tanh):
+    spec, G = sigmoid_tanh
+    wide = ms.MixingMeasure(bias=G.bias, gate=np.zeros((2, 2)), expert=G.expert)
+    with pytest.raises(ValueError, match="gate has 2 columns"):
+        ms.regression_function(spec, wide, np.zeros((3, 1)))
+    with pytest.raises(ValueError, match=r"X must have shape \(n, 1\)"):
+        ms.regression_function(spec, G, np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="var is required"):
+        ms.log_density(ms.MoESpec(likelihood="gaussian"), ms.MixingMeasure([0.0], [[0.0]], [[0.0, 1.0]]),
+                       [0.0], [0.0])
+
+
+def test_vector_round_trip(paper_a):
+    _, G = paper_a
+    back = ms.MixingMeasure.from_vector(G.to_vector(), 2, 1, 2, has_var=True)
+    for name, value in G.blocks().items():
+        np.testing.assert_array_equal(back.blocks()[name], value)
+    again = ms.MixingMeasure.from_dict(G.to_dict())
+    np.testing.assert_array_equal(again.to_vector(), G.to_vector())
+
+
+def test_custom_expert_family_runs_through_the_model():
+    """A registered family (here softplus) gets gradients from its own derivative."""
+    softplus = ms.ExpertFamily(
+        name="softplus_test",
+        activation=lambda u: np.logaddexp(0.0, u),
+        derivative=lambda u: 1 / (1 + np.exp(-u)),
+        features=lambda X, degree: np.vstack([np.ones(len(X)), X.T]),
+        n_params=lambda d, degree: d + 1,
+    )
+    spec = ms.MoESpec(gate="softmax", expert=softplus, d=1)
+    G = random_measure(spec, 2, 0)
+    X = ms.draw_design("uniform", 5, 1, 0)
+    analytic = _flatten(ms.regression_gradient(spec, G, X), ["bias", "gate", "expert"])
+    numeric = _numeric_jacobian(lambda H: ms.regression_function(spec, H, X), G)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)

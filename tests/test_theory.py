@@ -1,0 +1,71 @@
+"""The predicted-rates table."""
+
+import numpy as np
+import pytest
+
+import moe_sim as ms
+from moe_sim.theory import RULES
+
+
+def _rate(table, cell, block, size=None):
+    rows = table[(table.cell == cell) & (table.block == block)]
+    if size is not None:
+        rows = rows[rows.cell_size == size]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def test_paper_a_over_specified_rates(paper_a):
+    spec, G = paper_a
+    table = ms.predicted_rates(spec, G, 4)
+    assert _rate(table, "all", "regression_function").exponent == 0.5
+    assert _rate(table, "exact", "var", 1).exponent == 0.5
+    # r(2) = 4: beta and b at n^-1/8, a and nu at n^-1/4; r(3) = 6: n^-1/12 and n^-1/6
+    for size, r in ((2, 4), (3, 6)):
+        np.testing.assert_allclose(_rate(table, "over", "gate", size).exponent, 1 / (2 * r))
+        np.testing.assert_allclose(_rate(table, "over", "expert_intercept", size).exponent, 1 / (2 * r))
+        np.testing.assert_allclose(_rate(table, "over", "expert_slope", size).exponent, 1 / r)
+        np.testing.assert_allclose(_rate(table, "over", "var", size).exponent, 1 / r)
+        assert _rate(table, "over", "weight", size).exponent == 0.5
+    assert set(table.tag) == {"S"}
+
+
+def test_exact_fit_has_no_over_specified_rows(paper_a):
+    spec, G = paper_a
+    assert set(ms.predicted_rates(spec, G, 2).cell) == {"all", "exact"}
+
+
+def test_softmax_ffn_relu_and_linear(sigmoid_tanh):
+    _, G = sigmoid_tanh
+    tanh = ms.predicted_rates(ms.MoESpec(gate="softmax", expert="tanh"), G, 3)
+    assert _rate(tanh, "over", "expert", 2).exponent == 0.25 and _rate(tanh, "over", "expert", 2).tag == "R"
+    relu = ms.predicted_rates(ms.MoESpec(gate="softmax", expert="relu"), G, 3)
+    assert _rate(relu, "over", "expert", 2).rate == "not identified"
+    assert np.isnan(_rate(relu, "over", "expert", 2).exponent)
+    linear = ms.predicted_rates(ms.MoESpec(gate="softmax", expert="linear"), G, 3)
+    assert _rate(linear, "over", "gate", 2).rate == "slow"
+
+
+def test_sigmoid_regimes(sigmoid_tanh):
+    spec, G = sigmoid_tanh
+    dense = ms.predicted_rates(spec, G, 3)
+    assert set(dense.cell) == {"all", "exact"} and set(dense.reference) >= {"G_bar"}
+    sparse_truth = ms.MixingMeasure(G.bias, [[3.0], [0.0]], G.expert)
+    sparse = ms.predicted_rates(spec, sparse_truth, 3)
+    assert _rate(sparse, "over", "expert", 2).exponent == 0.25
+
+
+def test_quadratic_softmax_is_logarithmic():
+    spec = ms.MoESpec(gate="softmax", score="quadratic", expert="linear")
+    G = ms.MixingMeasure([0.0, 0.0], [[1.0, 0.0], [0.0, 0.0]], [[0.0, 1.0], [1.0, -1.0]])
+    assert _rate(ms.predicted_rates(spec, G, 3), "over", "gate", 2).rate == "1/log^lambda(n)"
+
+
+def test_every_rule_is_tagged():
+    assert all(rule.tag in {"S", "R", "measured"} and rule.source for rule in RULES)
+
+
+def test_k_below_truth_is_rejected(paper_a):
+    spec, G = paper_a
+    with pytest.raises(ValueError, match="k must be an integer >= the number of true atoms"):
+        ms.predicted_rates(spec, G, 1)

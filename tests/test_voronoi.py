@@ -1,0 +1,187 @@
+"""Voronoi cells, losses and per-parameter errors."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.special import logit
+
+import moe_sim as ms
+from tests.conftest import random_measure
+
+
+@pytest.fixture
+def sigmoid_truth():
+    spec = ms.MoESpec(gate="sigmoid", expert="tanh")
+    G = ms.MixingMeasure(bias=[0.0, 0.0], gate=[[1.0], [-1.0]], expert=[[0.0, 1.0], [0.0, -1.0]])
+    return spec, G
+
+
+@pytest.fixture
+def worked_fit():
+    """Three atoms against sigmoid_truth: a singleton cell and a cell of two, weights 0.5 | 0.25 + 0.25."""
+    c = np.log(1 / 3)  # sigmoid(c) = 1/4
+    return ms.MixingMeasure(
+        bias=[0.0, c, c], gate=[[1.1], [-1.2], [-0.9]], expert=[[0.0, 1.0], [0.0, -1.0], [0.1, -1.0]]
+    )
+
+
+def test_worked_example_by_hand(sigmoid_truth, worked_fit):
+    spec, G_true = sigmoid_truth
+    cells = ms.voronoi_cells(spec, worked_fit, G_true)
+    assert [c.tolist() for c in cells] == [[0], [1, 2]]
+    # D1 = |0.5 - 0.5| + 0.5 * 0.1  +  |0.25 + 0.25 - 0.5| + 0.25 * 0.2^2 + 0.25 * (0.1^2 + 0.1^2) = 0.065
+    np.testing.assert_allclose(ms.voronoi_loss(spec, worked_fit, G_true, kind="D1"), 0.065, rtol=1e-12)
+    # D2,r with r(2) = 4: 0.05 + 0.25 * 0.2^4 + 0.25 * (0.1^4 + 0.1^4) = 0.05045
+    np.testing.assert_allclose(ms.voronoi_loss(spec, worked_fit, G_true, kind="D2r"), 0.05045, rtol=1e-12)
+    errors = ms.parameter_errors(spec, worked_fit, G_true, kind="D1").set_index(["true_atom", "block"])
+    np.testing.assert_allclose(errors.loc[(1, "gate"), "max_error"], 0.2, rtol=1e-12)
+    np.testing.assert_allclose(errors.loc[(1, "gate"), "mean_error"], 0.15, rtol=1e-12)
+    np.testing.assert_allclose(errors.loc[(1, "expert_mean"), "max_error"], 0.05, rtol=1e-12)
+    assert set(errors["pattern"]) == {"1-2"}
+
+
+@pytest.mark.parametrize("kind", ["D1", "D2r", "D3"])
+@pytest.mark.parametrize("gate", ["softmax", "sigmoid"])
+def test_loss_is_zero_at_the_truth(gate, kind):
+    spec = ms.MoESpec(gate=gate, score="quadratic", expert="gelu", d=2)
+    G = random_measure(spec, 3, 11)
+    assert ms.voronoi_loss(spec, G, G, kind=kind) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_gaussian_loss_is_zero_at_the_truth(paper_a):
+    spec, G = paper_a
+    assert ms.voronoi_loss(spec, G, G) == pytest.approx(0.0, abs=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), gate=st.sampled_from(["softmax", "sigmoid"]))
+def test_loss_is_invariant_to_atom_order(seed, gate):
+    spec = ms.MoESpec(gate=gate, expert="tanh", d=2)
+    rng = np.random.default_rng(seed)
+    G_true, G = random_measure(spec, 2, rng), random_measure(spec, 3, rng)
+    perm = rng.permutation(3)
+    for kind in ("D1", "D2r"):
+        np.testing.assert_allclose(
+            ms.voronoi_loss(spec, G.subset(perm), G_true, kind=kind),
+            ms.voronoi_loss(spec, G, G_true, kind=kind), rtol=1e-10,
+        )
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), t0=st.floats(-5, 5), t=st.floats(-5, 5))
+def test_softmax_loss_is_invariant_to_translation(seed, t0, t):
+    spec = ms.MoESpec(gate="softmax", expert="sigmoid", d=1)
+    rng = np.random.default_rng(seed)
+    G_true, G = random_measure(spec, 2, rng), random_measure(spec, 3, rng)
+    for kind in ("D1", "D2r"):
+        np.testing.assert_allclose(
+            ms.voronoi_loss(spec, G.translate(t0, np.array([t])), G_true, kind=kind),
+            ms.voronoi_loss(spec, G, G_true, kind=kind), rtol=1e-9, atol=1e-12,
+        )
+
+
+def test_translated_truth_has_zero_loss(paper_a):
+    """The infimum over translations finds the truth in any translated copy, and stays bounded."""
+    spec, G = paper_a
+    assert ms.voronoi_loss(spec, G.translate(3.0, np.array([-7.0])), G) == pytest.approx(0.0, abs=1e-10)
+
+
+def _split(G: ms.MixingMeasure, atom: int, delta: float, weight_fn) -> ms.MixingMeasure:
+    """G with `atom` replaced by two atoms at expert +- delta carrying half of its weight each."""
+    keep = [i for i in range(G.k) if i != atom]
+    shift = np.zeros(G.expert.shape[1])
+    shift[0] = delta
+    half_bias = weight_fn(G.bias[atom])
+    return ms.MixingMeasure(
+        bias=np.r_[G.bias[keep], half_bias, half_bias],
+        gate=np.vstack([G.gate[keep], G.gate[atom], G.gate[atom]]),
+        expert=np.vstack([G.expert[keep], G.expert[atom] + shift, G.expert[atom] - shift]),
+    )
+
+
+@pytest.mark.parametrize("gate", ["softmax", "sigmoid"])
+def test_moving_an_atom_by_delta_scales_d1_by_the_predicted_power(gate):
+    spec = ms.MoESpec(gate=gate, expert="tanh")
+    G_true = ms.MixingMeasure(bias=[0.3, 0.0], gate=[[2.0], [0.0]], expert=[[0.5, 1.0], [-0.5, 2.0]])
+    w0 = spec.weights(G_true.bias)[0]
+    def half(c):
+        """The bias whose weight is half the weight of bias c."""
+        return c + np.log(0.5) if gate == "softmax" else logit(spec.weights(c) / 2)
+
+    for delta in (1e-2, 1e-3):
+        exact = ms.MixingMeasure(G_true.bias, G_true.gate, G_true.expert + [[delta, 0.0], [0.0, 0.0]])
+        # exactly specified cell: D1 = w0 * delta (power 1)
+        np.testing.assert_allclose(ms.voronoi_loss(spec, exact, G_true, kind="D1"), w0 * delta, rtol=1e-9)
+        # over-specified cell of two atoms at +- delta with half the weight each: D1 = w0 * delta^2 (power 2)
+        split = _split(G_true, 0, delta, half)
+        np.testing.assert_allclose(ms.voronoi_loss(spec, split, G_true, kind="D1"), w0 * delta**2, rtol=1e-9)
+        # D2,r raises the over-specified cell to r(2) = 4
+        np.testing.assert_allclose(ms.voronoi_loss(spec, split, G_true, kind="D2r"), w0 * delta**4, rtol=1e-9)
+
+
+def test_gaussian_d2_uses_r_and_half_r(paper_a):
+    spec, G = paper_a
+    delta = 1e-2
+    split = ms.MixingMeasure(
+        bias=[G.bias[0], G.bias[1] + np.log(0.5), G.bias[1] + np.log(0.5)],
+        gate=[G.gate[0], G.gate[1] + delta, G.gate[1] - delta],
+        expert=[G.expert[0], G.expert[1] + [delta, delta], G.expert[1] - [delta, delta]],
+        var=[G.var[0], G.var[1], G.var[1]],
+    )
+    # the reference cell holds two atoms of weight 1/2 each: sum_i 1/2 (d^4 + d^4 + d^2 + 0)
+    np.testing.assert_allclose(ms.voronoi_loss(spec, split, G), 2 * delta**4 + delta**2, rtol=1e-9)
+
+
+def test_cells_of_four_need_r(sigmoid_truth):
+    spec, G_true = sigmoid_truth
+    G = ms.MixingMeasure(
+        bias=np.zeros(5), gate=[[1.0], [-1.0], [-1.1], [-0.9], [-1.05]],
+        expert=[[0, 1], [0, -1], [0, -1], [0, -1], [0, -1]],
+    )
+    with pytest.raises(ValueError, match="holds 4 fitted atoms"):
+        ms.voronoi_loss(spec, G, G_true, kind="D2r")
+    assert ms.voronoi_loss(spec, G, G_true, kind="D2r", r=8) > 0
+    assert ms.voronoi_loss(spec, G, G_true, kind="D2r", r={4: 8}) == ms.voronoi_loss(
+        spec, G, G_true, kind="D2r", r=8)
+
+
+def test_empty_and_triple_cells_are_reported(sigmoid_truth):
+    spec, G_true = sigmoid_truth
+    G = ms.MixingMeasure(bias=np.zeros(3), gate=[[-1.0], [-1.1], [-0.9]], expert=[[0, -1]] * 3)
+    errors = ms.parameter_errors(spec, G, G_true, kind="D2r")
+    assert set(errors["pattern"]) == {"0-3"}
+    empty = errors[errors.true_atom == 0].set_index("block")
+    assert np.isnan(empty.loc["gate", "max_error"])
+    np.testing.assert_allclose(empty.loc["weight", "max_error"], 0.5)
+    np.testing.assert_allclose(errors[(errors.true_atom == 1) & (errors.block == "weight")].max_error, 1.0)
+
+
+def test_auto_picks_the_theorys_loss(paper_a, sigmoid_tanh):
+    spec, G = paper_a
+    assert ms.loss_kind(spec, G, 3) == "D2"
+    linear = ms.MoESpec(gate="softmax", expert="linear")
+    assert ms.loss_kind(linear, ms.MixingMeasure([0.0], [[1.0]], [[0.0, 1.0]]), 2) == "D2r"
+    spec, G = sigmoid_tanh
+    assert ms.sigmoid_regime(G) == 2
+    assert ms.loss_kind(spec, G, 2) == "D3"
+    with pytest.raises(ValueError, match="G_bar"):
+        ms.loss_kind(spec, G, 3)
+    regime1 = ms.MixingMeasure(G.bias, [[3.0], [0.0]], G.expert)
+    assert ms.sigmoid_regime(regime1) == 1 and ms.loss_kind(spec, regime1, 3) == "D1"
+
+
+def test_d3_matches_one_to_one(sigmoid_tanh):
+    spec, G = sigmoid_tanh
+    swapped = G.subset([1, 0])
+    assert ms.voronoi_loss(spec, swapped, G, kind="D3") == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(ValueError, match="one to one"):
+        ms.voronoi_loss(spec, G.subset([0, 1, 1]), G, kind="D3")
+
+
+def test_bad_kind_is_named(sigmoid_tanh):
+    spec, G = sigmoid_tanh
+    with pytest.raises(ValueError, match="kind='D4'"):
+        ms.voronoi_loss(spec, G, G, kind="D4")
+    with pytest.raises(ValueError, match="kind='D2' needs likelihood='gaussian'"):
+        ms.voronoi_loss(spec, G, G, kind="D2")
