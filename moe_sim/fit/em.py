@@ -1,0 +1,264 @@
+"""EM for the softmax-gated Gaussian mixture of experts (paper a), experts linear in their parameters.
+
+One iteration is an E-step (`moe_sim.model.responsibilities`, in log space) and a generalised M-step:
+
+- experts: weighted least squares per atom over `Features.psi`, batched over atoms, with a ridge that pulls
+  towards the current expert (so an atom with no responsibility stays where it is instead of crashing);
+  variances are the weighted mean squared residuals, floored at `var_floor`;
+- gate: one Newton (IRLS) step on the softmax log-likelihood with the responsibilities as soft labels, the
+  last atom pinned at zero (the softmax translation), halved until the expected complete log-likelihood
+  does not decrease.
+
+Each block's part of the expected complete log-likelihood never decreases, so the log-likelihood never does
+(up to rounding). Every per-sample product the M-step needs is a linear statistic of the responsibilities:
+it is read off one (k x n) @ (n x r) product against data-only rows computed once per data set
+(`_Design`), so an iteration costs the E-step, that product and one gate evaluation per Newton trial.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..measure import MixingMeasure, MoESpec
+from ..model import Features, check_inputs, responsibilities
+from .result import FitResult, StartResult
+
+Array = np.ndarray
+_RIDGE = 1e-9  # relative ridge on the (p x p) expert and the gate Newton systems
+_MAX_HALVINGS = 40
+
+
+@dataclass(frozen=True)
+class _Design:
+    """Data-only rows whose responsibility-weighted sums are the M-step's sufficient statistics.
+
+    rows (r, n): [1; phi (q rows); psi_a psi_b for a <= b; psi y (p rows); y^2]. The first m = q + 1 rows are
+    the gate's design x = [1; phi]; gate_pairs holds x_a x_b (a <= b), for the gate's Newton matrix.
+    """
+
+    feats: Features
+    rows: Array
+    gate_pairs: Array
+    q: int
+    p: int
+    expert_ridge: float
+
+    @classmethod
+    def of(cls, spec: MoESpec, X: Array, y: Array) -> "_Design":
+        feats = Features.of(spec, X)
+        q, p = feats.phi.shape[0], feats.psi.shape[0]
+        x = np.vstack([np.ones(feats.n), feats.phi])
+        ia, ib = np.triu_indices(p)
+        ga, gb = np.triu_indices(q + 1)
+        psi = feats.psi
+        rows = np.vstack([x, psi[ia] * psi[ib], psi * y, y * y])
+        ridge = _RIDGE * float(np.einsum("pn,pn->", psi, psi)) / p
+        return cls(feats, np.ascontiguousarray(rows), x[ga] * x[gb], q, p, ridge)
+
+    @property
+    def m(self) -> int:
+        return self.q + 1
+
+    @property
+    def x(self) -> Array:
+        return self.rows[: self.m]
+
+
+def _symmetric(flat: Array, size: int) -> Array:
+    """(..., size (size + 1) / 2) upper-triangle entries -> (..., size, size) symmetric matrices."""
+    ia, ib = np.triu_indices(size)
+    out = np.empty(flat.shape[:-1] + (size, size))
+    out[..., ia, ib] = flat
+    out[..., ib, ia] = flat
+    return out
+
+
+def _gate_eval(theta: Array, design: _Design) -> tuple[Array, float]:
+    """Gates (k, n) and sum_t logsumexp_i z_it for gate parameters theta = [bias, gate] (k, m)."""
+    z = theta[:, 1:] @ design.feats.phi
+    z += theta[:, :1]
+    zmax = z.max(axis=0)
+    z -= zmax
+    np.exp(z, out=z)
+    total = z.sum(axis=0)
+    z /= total
+    return z, float(zmax.sum() + np.log(total).sum())
+
+
+def _expert_step(T: Array, design: _Design, expert: Array, var: Array, var_floor: float) -> tuple[Array, Array]:
+    """Weighted least squares per atom from the statistics T (k, r); ridge towards the current experts."""
+    m, p = design.m, design.p
+    n_pairs = p * (p + 1) // 2
+    resp_sum = T[:, 0]
+    A = _symmetric(T[:, m : m + n_pairs], p)
+    b = T[:, m + n_pairs : m + n_pairs + p]
+    yy = T[:, -1]
+    lam = design.expert_ridge
+    new = np.linalg.solve(A + lam * np.eye(p), (b + lam * expert)[:, :, None])[:, :, 0]
+    ssr = yy - 2.0 * np.einsum("kp,kp->k", new, b) + np.einsum("kp,kpq,kq->k", new, A, new)
+    tiny = 1e-12 * design.feats.n
+    new_var = np.where(resp_sum > tiny, np.maximum(ssr, 0.0) / np.maximum(resp_sum, tiny), var)
+    return new, np.maximum(new_var, var_floor)
+
+
+def _gate_step(
+    T: Array, design: _Design, theta: Array, g: Array, lse_sum: float
+) -> tuple[Array, Array, float]:
+    """One Newton step with halving on sum_t sum_i r_it log g_i(x_t); the last atom stays at zero.
+
+    The expected complete log-likelihood's gate part is <theta, S> - sum_t logsumexp(z_t), S = resp @ x^T, so
+    only the log-partition is evaluated per trial. Returns theta, gates and log-partition sum (unchanged when
+    no trial improves).
+    """
+    k, m = theta.shape
+    K = k - 1
+    if K == 0:
+        return theta, g, lse_sum
+    S = T[:, :m]
+    grad = (S[:K] - g[:K] @ design.x.T).ravel()
+    w = -g[:K, None, :] * g[None, :K, :]
+    w[np.arange(K), np.arange(K)] += g[:K]
+    pair = w.reshape(K * K, -1) @ design.gate_pairs.T
+    F = _symmetric(pair, m).reshape(K, K, m, m).transpose(0, 2, 1, 3).reshape(K * m, K * m)
+    F += (_RIDGE * np.trace(F) / (K * m) + 1e-300) * np.eye(K * m)
+    delta = np.linalg.solve(F, grad).reshape(K, m)
+    q_old = float(np.einsum("km,km->", theta, S)) - lse_sum
+    step = 1.0
+    for _ in range(_MAX_HALVINGS):
+        trial = theta.copy()
+        trial[:K] += step * delta
+        g_new, lse_new = _gate_eval(trial, design)
+        if float(np.einsum("km,km->", trial, S)) - lse_new >= q_old:
+            return trial, g_new, lse_new
+        step *= 0.5
+    return theta, g, lse_sum
+
+
+@dataclass
+class _Path:
+    """One start's run: final measure, its log-likelihood, the per-iteration log-likelihoods."""
+
+    measure: MixingMeasure
+    loglik: float
+    trace: Array
+    n_iter: int
+    converged: bool
+    reason: str
+
+
+def _run(spec: MoESpec, design: _Design, y: Array, G0: MixingMeasure, tol, max_iter, var_floor) -> _Path:
+    """EM from G0 (translated so its last atom's gate is zero; variances floored)."""
+    theta = np.column_stack([G0.bias, G0.gate])
+    theta = theta - theta[-1]
+    expert, var = G0.expert.copy(), np.maximum(G0.var, var_floor)
+    g, lse_sum = _gate_eval(theta, design)
+    G = MixingMeasure(theta[:, 0], theta[:, 1:], expert, var)
+    trace: list[float] = []
+    best = None
+    reason, converged = "max_iter", False
+    for it in range(max_iter + 1):
+        resp, log_dens = responsibilities(spec, G, design.feats, y)
+        ll = float(log_dens.sum())
+        if not np.isfinite(ll):
+            reason = f"non-finite log-likelihood at iteration {it}"
+            break
+        trace.append(ll)
+        best = (G, ll, it)
+        if it and abs(ll - trace[-2]) <= tol * max(abs(trace[-2]), 1.0):
+            reason, converged = "", True
+            break
+        if it == max_iter:
+            break
+        T = resp @ design.rows.T
+        try:
+            expert, var = _expert_step(T, design, expert, var, var_floor)
+            theta, g, lse_sum = _gate_step(T, design, theta, g, lse_sum)
+        except np.linalg.LinAlgError as exc:
+            reason = f"singular M-step at iteration {it}: {exc}"
+            break
+        if not (np.all(np.isfinite(theta)) and np.all(np.isfinite(expert)) and np.all(np.isfinite(var))):
+            reason = f"non-finite parameters after the M-step of iteration {it}"
+            break
+        G = MixingMeasure(theta[:, 0], theta[:, 1:], expert, var)
+    if best is None:
+        return _Path(G, -np.inf, np.asarray(trace), 0, False, reason)
+    G, ll, it = best
+    return _Path(G, ll, np.asarray(trace), it, converged, reason)
+
+
+def _check_starts(spec: MoESpec, k, starts) -> list[tuple[str, MixingMeasure]]:
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    starts = list(starts)
+    if not starts:
+        raise ValueError("starts is empty: give at least one (name, MixingMeasure) pair")
+    for i, start in enumerate(starts):
+        if not (isinstance(start, tuple) and len(start) == 2 and isinstance(start[1], MixingMeasure)):
+            raise ValueError(f"starts[{i}] must be a (name, MixingMeasure) pair, got {start!r}")
+        spec.check_measure(start[1], f"starts[{i}] measure")
+        if start[1].k != k:
+            raise ValueError(f"starts[{i}] ({start[0]!r}) has {start[1].k} atoms, but k={k}")
+    return starts
+
+
+def em_fit(
+    spec: MoESpec,
+    X,
+    y,
+    k: int,
+    starts,
+    tol: float = 1e-6,
+    max_iter: int = 2000,
+    var_floor: float = 1e-6,
+    rng=None,
+    *,
+    trace: bool = False,
+) -> FitResult:
+    """Maximum likelihood for the softmax Gaussian MoE by EM, best of `starts` (a list of (name, measure)).
+
+    Stops when the relative log-likelihood change is below `tol` (relative to max(|loglik|, 1)), or after
+    `max_iter` iterations (converged False, reason "max_iter"); a NaN stops a start with a reason, never an
+    exception. The returned measure has its last atom's gate pinned at zero. `objective` is the total
+    log-likelihood (higher is better). EM draws nothing: `rng` is accepted for the fitters' common signature.
+    With trace=True the result carries `trace`, a list (one per start) of per-iteration log-likelihood arrays.
+    """
+    if spec.likelihood != "gaussian" or spec.gate != "softmax":
+        raise ValueError(
+            f"em_fit needs likelihood='gaussian' and gate='softmax', got likelihood={spec.likelihood!r}, "
+            f"gate={spec.gate!r}"
+        )
+    if not spec.expert_family.linear_in_params:
+        raise ValueError(
+            f"em_fit needs experts linear in their parameters (linear, polynomial, constant), got "
+            f"expert={spec.expert_name!r}"
+        )
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+    if not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
+        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
+    if not (np.isfinite(var_floor) and var_floor > 0):
+        raise ValueError(f"var_floor must be a positive number, got {var_floor!r}")
+    X, y = check_inputs(spec, X, y)
+    starts = _check_starts(spec, k, starts)
+    t0 = time.perf_counter()
+    design = _Design.of(spec, X, y)
+    with np.errstate(all="ignore"):
+        paths = [_run(spec, design, y, G0, tol, max_iter, var_floor) for _, G0 in starts]
+    best = max(range(len(paths)), key=lambda i: paths[i].loglik)
+    path = paths[best]
+    result = FitResult(
+        measure=path.measure if np.isfinite(path.loglik) else None,
+        objective=path.loglik,
+        n_iter=path.n_iter,
+        converged=path.converged,
+        runtime_s=time.perf_counter() - t0,
+        method="em",
+        reason=path.reason,
+        starts=[StartResult(name, p.loglik, p.n_iter, p.converged, p.reason) for (name, _), p in zip(starts, paths)],
+    )
+    if trace:
+        result.trace = [p.trace for p in paths]
+    return result
