@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo reproduce test test-fast bench
+.PHONY: setup demo reproduce test test-fast notebook-figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,3 +24,6 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not gpu"
+
+notebook-figures: $(STAMP)
+	$(BIN)/python figures/render_notebooks.py
