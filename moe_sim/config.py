@@ -1,0 +1,326 @@
+"""Experiment configurations: TOML files describing a sweep (model series, truth, n grid, estimator, seeds).
+
+A config holds top-level defaults (`model`, `truth`, `k`, `estimator`, `loss`) and an optional list of
+`[[series]]` tables, each overriding any of those for one model series (e.g. a sigmoid and a softmax fit of
+the same data). A series with a list `k = [2, 3]` expands into one series per k. A `[quick]` table overrides
+top-level keys (tables merged key by key) for the `--quick` variant.
+
+Series that generate data the same way (same truth, same data model) share their data: their replicates
+are seeded by the same data index. `data = "label"` forces series with different representations of one
+regression function (e.g. a softmax truth and its sigmoid rewriting) onto the same data; the config checks
+that their regression functions agree.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .measure import MixingMeasure, MoESpec
+from .model import regression_function
+from .sample import DESIGNS
+from .voronoi import LOSS_KINDS
+
+TOP_KEYS = {
+    "name": "experiment name (string)",
+    "description": "one line saying what the experiment shows",
+    "paper": "the paper it reproduces (string)",
+    "model": "table: gate, score, expert, d, likelihood, degree, temperature",
+    "truth": "table: bias, gate, expert, var",
+    "k": "fitted number of atoms: an integer or a list of integers",
+    "noise_sd": "regression noise standard deviation (number >= 0)",
+    "design": f"input design: one of {', '.join(DESIGNS)}",
+    "bounds": "input box [low, high] (numbers or length-d lists)",
+    "n": "sample sizes: a list of integers, or a table {start, stop, num} for a geometric grid",
+    "replicates": "replicates per (series, n): a positive integer",
+    "chunk": "replicates per task: a positive integer",
+    "estimator": "table: method, init, n_starts, options",
+    "seed": "seed entropy: a non-negative integer",
+    "loss": f"Voronoi loss kind: one of {', '.join(LOSS_KINDS)}",
+    "eval_n": "size of the fresh evaluation design for the regression-function error",
+    "reference": "table of options passed to closest_measure (sigmoid regime 2)",
+    "series": "array of tables, one per model series",
+    "analysis": "table: quantities (list), target_error (number), stat ('median' | 'mean')",
+    "quick": "table of top-level overrides for the --quick variant",
+}
+MODEL_KEYS = ("gate", "score", "expert", "d", "likelihood", "degree", "temperature")
+TRUTH_KEYS = ("bias", "gate", "expert", "var")
+ESTIMATOR_KEYS = ("method", "init", "n_starts", "options")
+SERIES_KEYS = ("label", "model", "truth", "k", "estimator", "loss", "data")
+ANALYSIS_KEYS = ("quantities", "target_error", "stat")
+METHODS = ("lse", "em")
+DEFAULT_QUANTITIES = ("loss", "regression_l2", "param:weight:max", "param:gate:max", "param:expert:max")
+
+
+def _fail(key: str, value, allowed: str) -> ValueError:
+    return ValueError(f"config key {key!r} = {value!r} is not allowed: {allowed}")
+
+
+def _check_keys(table: dict, allowed, where: str) -> None:
+    if not isinstance(table, dict):
+        raise _fail(where, table, "expected a table")
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown} in {where}; allowed: {', '.join(sorted(allowed))}")
+
+
+def _pos_int(key: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(key, value, "expected a positive integer")
+    return value
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """`base` with `over`'s keys replacing its own; nested tables merged key by key."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Series:
+    """One fitted model series: the family fitted, its truth, k, the estimator and the loss."""
+
+    label: str
+    spec: MoESpec
+    truth: MixingMeasure
+    k: int
+    method: str
+    init: str | tuple
+    n_starts: int | None
+    options: dict
+    loss: str
+    data_index: int
+
+    @property
+    def name(self) -> str:
+        """Unique id inside an experiment: label and k."""
+        return f"{self.label}/k={self.k}"
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A parsed, validated experiment config (after the optional --quick overrides)."""
+
+    name: str
+    description: str
+    paper: str
+    series: tuple[Series, ...]
+    n_grid: tuple[int, ...]
+    replicates: int
+    chunk: int
+    noise_sd: float
+    design: str
+    bounds: tuple
+    seed: int | None
+    eval_n: int
+    reference: dict
+    quantities: tuple[str, ...]
+    target_error: float | None
+    stat: str
+    quick: bool
+    raw: dict = field(repr=False)
+
+    def fingerprint(self) -> str:
+        """A hash of the effective config: results of different configs must not mix in one directory."""
+        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _n_grid(value) -> tuple[int, ...]:
+    if isinstance(value, list):
+        if not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 2 for v in value):
+            raise _fail("n", value, "expected a non-empty list of integers >= 2")
+        if sorted(set(value)) != value:
+            raise _fail("n", value, "expected strictly increasing sample sizes")
+        return tuple(value)
+    if isinstance(value, dict):
+        _check_keys(value, ("start", "stop", "num"), "n")
+        try:
+            start, stop, num = float(value["start"]), float(value["stop"]), value["num"]
+        except KeyError as exc:
+            raise _fail("n", value, "a geometric grid needs start, stop and num") from exc
+        _pos_int("n.num", num)
+        if not 2 <= start < stop:
+            raise _fail("n", value, "expected 2 <= start < stop")
+        grid = np.unique(np.round(np.geomspace(start, stop, num)).astype(int))
+        return tuple(int(v) for v in grid)
+    raise _fail("n", value, "expected a list of integers or a table {start, stop, num}")
+
+
+def _spec(table: dict, where: str) -> MoESpec:
+    _check_keys(table, MODEL_KEYS, where)
+    try:
+        return MoESpec(**table)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"config table {where!r} = {table!r}: {exc}") from exc
+
+
+def _truth(table: dict, spec: MoESpec, where: str) -> MixingMeasure:
+    _check_keys(table, TRUTH_KEYS, where)
+    try:
+        return spec.check_measure(MixingMeasure.from_dict(table), where)
+    except ValueError as exc:
+        raise ValueError(f"config table {where!r} = {table!r}: {exc}") from exc
+
+
+def _estimator(table: dict, where: str) -> tuple[str, str | list, int | None, dict]:
+    _check_keys(table, ESTIMATOR_KEYS, where)
+    method = table.get("method", "lse")
+    if method not in METHODS:
+        raise _fail(f"{where}.method", method, f"choose one of {', '.join(METHODS)}")
+    init = table.get("init", "default")
+    if not (isinstance(init, str) or (isinstance(init, list) and init and all(isinstance(i, str) for i in init))):
+        raise _fail(f"{where}.init", init, "expected a strategy name or a non-empty list of them")
+    n_starts = table.get("n_starts")
+    if n_starts is not None:
+        _pos_int(f"{where}.n_starts", n_starts)
+    options = table.get("options", {})
+    if not isinstance(options, dict):
+        raise _fail(f"{where}.options", options, "expected a table of estimator options")
+    return method, init, n_starts, dict(options)
+
+
+def _data_key(spec: MoESpec, truth: MixingMeasure) -> str:
+    return json.dumps([spec.gate, spec.score, spec.expert_name, spec.d, spec.likelihood, spec.degree,
+                       spec.temperature, truth.to_dict()], sort_keys=True)
+
+
+def parse_config(raw: dict, quick: bool = False) -> Experiment:
+    """Validate a config dict (as read from TOML) and build the `Experiment`; `quick` applies [quick]."""
+    _check_keys(raw, TOP_KEYS, "the top level")
+    cfg = copy.deepcopy(raw)
+    over = cfg.pop("quick", {})
+    _check_keys(over, set(TOP_KEYS) - {"quick", "name", "series"}, "quick")
+    if quick:
+        cfg = _merge(cfg, over)
+    name = cfg.get("name")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise _fail("name", name, "expected an identifier-like string (letters, digits, underscores)")
+    design = cfg.get("design", "uniform")
+    if design not in DESIGNS:
+        raise _fail("design", design, f"choose one of {', '.join(DESIGNS)}")
+    noise_sd = cfg.get("noise_sd", 0.1)
+    if isinstance(noise_sd, bool) or not isinstance(noise_sd, (int, float)) or not noise_sd >= 0:
+        raise _fail("noise_sd", noise_sd, "expected a number >= 0")
+    bounds = cfg.get("bounds", [-1.0, 1.0])
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise _fail("bounds", bounds, "expected [low, high]")
+    loss = cfg.get("loss", "auto")
+    if loss not in LOSS_KINDS:
+        raise _fail("loss", loss, f"choose one of {', '.join(LOSS_KINDS)}")
+    seed = cfg.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise _fail("seed", seed, "expected a non-negative integer (or leave it out for fresh entropy)")
+    reference = cfg.get("reference", {})
+    if not isinstance(reference, dict):
+        raise _fail("reference", reference, "expected a table of closest_measure options")
+    analysis = cfg.get("analysis", {})
+    _check_keys(analysis, ANALYSIS_KEYS, "analysis")
+    quantities = analysis.get("quantities", list(DEFAULT_QUANTITIES))
+    if not isinstance(quantities, list) or not all(isinstance(q, str) for q in quantities):
+        raise _fail("analysis.quantities", quantities, "expected a list of quantity names")
+    target = analysis.get("target_error")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0):
+        raise _fail("analysis.target_error", target, "expected a positive number")
+    stat = analysis.get("stat", "median")
+    if stat not in ("median", "mean"):
+        raise _fail("analysis.stat", stat, "choose 'median' or 'mean'")
+
+    series_tables = cfg.get("series", [{}])
+    if not isinstance(series_tables, list) or not series_tables:
+        raise _fail("series", series_tables, "expected a non-empty array of tables ([[series]])")
+    defaults = {key: cfg[key] for key in ("model", "truth", "k", "estimator", "loss") if key in cfg}
+    series, data_keys, labels = [], {}, set()
+    for s_i, table in enumerate(series_tables):
+        where = f"series[{s_i}]"
+        _check_keys(table, SERIES_KEYS, where)
+        merged = _merge(defaults, {key: v for key, v in table.items() if key not in ("label", "data")})
+        label = table.get("label", "default" if len(series_tables) == 1 else f"series{s_i}")
+        if not isinstance(label, str) or "/" in label or label in labels:
+            raise _fail(f"{where}.label", label, "expected a unique string without '/'")
+        labels.add(label)
+        spec = _spec(merged.get("model", {}), f"{where}.model")
+        if "truth" not in merged:
+            raise _fail(f"{where}.truth", None, "every series needs a truth table (bias, gate, expert[, var])")
+        truth = _truth(merged["truth"], spec, f"{where}.truth")
+        ks = merged.get("k", truth.k)
+        ks = ks if isinstance(ks, list) else [ks]
+        method, init, n_starts, options = _estimator(merged.get("estimator", {}), f"{where}.estimator")
+        if (method == "em") != (spec.likelihood == "gaussian"):
+            raise _fail(f"{where}.estimator.method", method,
+                        f"'em' goes with likelihood='gaussian' and 'lse' with 'regression' (got {spec.likelihood!r})")
+        s_loss = merged.get("loss", "auto")
+        if s_loss not in LOSS_KINDS:
+            raise _fail(f"{where}.loss", s_loss, f"choose one of {', '.join(LOSS_KINDS)}")
+        data = table.get("data")
+        key = ("label", data) if data is not None else ("model", _data_key(spec, truth))
+        if key not in data_keys:
+            data_keys[key] = (len(data_keys), spec, truth)
+        elif data is not None:
+            _check_same_function(data_keys[key][1:], (spec, truth), bounds, f"{where}.data", data)
+        for k in ks:
+            _pos_int(f"{where}.k", k)
+            if k < truth.k:
+                raise _fail(f"{where}.k", k, f"expected k >= the number of true atoms ({truth.k})")
+            series.append(Series(label, spec, truth, k, method, init if isinstance(init, str) else tuple(init),
+                                 n_starts, options, s_loss, data_keys[key][0]))
+    names = [s.name for s in series]
+    if len(set(names)) != len(names):
+        raise _fail("series", names, "each (label, k) pair must be unique")
+    if "n" not in cfg:
+        raise _fail("n", None, "the n grid is required")
+    return Experiment(
+        name=name + ("_quick" if quick else ""),
+        description=str(cfg.get("description", "")),
+        paper=str(cfg.get("paper", "")),
+        series=tuple(series),
+        n_grid=_n_grid(cfg["n"]),
+        replicates=_pos_int("replicates", cfg.get("replicates", 10)),
+        chunk=_pos_int("chunk", cfg.get("chunk", 4)),
+        noise_sd=float(noise_sd),
+        design=design,
+        bounds=tuple(bounds),
+        seed=seed,
+        eval_n=_pos_int("eval_n", cfg.get("eval_n", 2000)),
+        reference=dict(reference),
+        quantities=tuple(quantities),
+        target_error=None if target is None else float(target),
+        stat=stat,
+        quick=quick,
+        raw=cfg,
+    )
+
+
+def _check_same_function(first, other, bounds, key: str, label: str) -> None:
+    """Series forced onto the same data must describe the same regression function."""
+    (spec_a, truth_a), (spec_b, truth_b) = first, other
+    if spec_a.d != spec_b.d or spec_a.likelihood != "regression" or spec_b.likelihood != "regression":
+        raise _fail(key, label, "series sharing data must be regression models of the same dimension d")
+    grid = np.random.default_rng(0).uniform(*(np.broadcast_to(np.asarray(b, float), spec_a.d) for b in bounds),
+                                            size=(512, spec_a.d))
+    fa, fb = regression_function(spec_a, truth_a, grid), regression_function(spec_b, truth_b, grid)
+    if not np.allclose(fa, fb, rtol=1e-9, atol=1e-9):
+        raise _fail(key, label, f"the series' truths give different regression functions "
+                                f"(max gap {np.abs(fa - fb).max():.3g}); they cannot share data")
+
+
+def load_config(path, quick: bool = False) -> Experiment:
+    """Read and validate a TOML experiment config."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ValueError(f"config file {str(path)!r} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config file {str(path)!r} is not valid TOML: {exc}") from exc
+    return parse_config(raw, quick=quick)

@@ -1,0 +1,99 @@
+"""Experiment configs: parsing, quick overrides, series expansion, data sharing and error messages."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from moe_sim.config import load_config, parse_config
+
+BASE = {
+    "name": "tiny",
+    "model": {"gate": "softmax", "expert": "tanh"},
+    "truth": {"bias": [0.0, 0.0], "gate": [[2.0], [0.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]},
+    "k": [2, 3],
+    "n": [100, 200, 400],
+    "replicates": 4,
+    "seed": 7,
+    "quick": {"n": [50, 100], "replicates": 2, "estimator": {"n_starts": 1}},
+}
+
+
+def with_(**changes):
+    raw = copy.deepcopy(BASE)
+    raw.update(changes)
+    return raw
+
+
+def test_single_series_expands_over_k():
+    exp = parse_config(BASE)
+    assert [s.name for s in exp.series] == ["default/k=2", "default/k=3"]
+    assert exp.n_grid == (100, 200, 400)
+    assert {s.data_index for s in exp.series} == {0}, "same truth and model: the k series share data"
+
+
+def test_quick_overrides_merge_tables():
+    raw = with_(estimator={"method": "lse", "init": "kmeans", "n_starts": 3})
+    exp = parse_config(raw, quick=True)
+    assert exp.name == "tiny_quick" and exp.n_grid == (50, 100) and exp.replicates == 2
+    assert exp.series[0].n_starts == 1 and exp.series[0].init == "kmeans"
+    assert parse_config(raw).series[0].n_starts == 3
+
+
+def test_geometric_grid():
+    exp = parse_config(with_(n={"start": 100, "stop": 10000, "num": 3}))
+    assert exp.n_grid == (100, 1000, 10000)
+
+
+def test_series_override_and_data_sharing():
+    sig_truth = {"bias": [0.0, 0.0], "gate": [[2.0], [-2.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]}
+    raw = with_(series=[
+        {"label": "softmax", "data": "shared"},
+        {"label": "sigmoid", "model": {"gate": "sigmoid"}, "truth": sig_truth, "data": "shared", "k": 2},
+        {"label": "other", "model": {"gate": "sigmoid"}, "truth": sig_truth, "k": 2},
+    ])
+    exp = parse_config(raw)
+    assert [s.name for s in exp.series] == ["softmax/k=2", "softmax/k=3", "sigmoid/k=2", "other/k=2"]
+    assert [s.data_index for s in exp.series] == [0, 0, 0, 1]
+    assert exp.series[2].spec.gate == "sigmoid"
+    np.testing.assert_allclose(exp.series[2].truth.gate, [[2.0], [-2.0]])
+
+
+def test_shared_data_needs_the_same_regression_function():
+    bad = {"bias": [0.0, 0.0], "gate": [[2.0], [-1.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]}
+    raw = with_(series=[{"label": "a", "data": "x"},
+                        {"label": "b", "model": {"gate": "sigmoid"}, "truth": bad, "data": "x"}])
+    with pytest.raises(ValueError, match="series\\[1\\].data.*different regression functions"):
+        parse_config(raw)
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"replicates": 0}, "'replicates' = 0"),
+    ({"n": [100, 50]}, "'n' = \\[100, 50\\]"),
+    ({"design": "grid"}, "'design' = 'grid'"),
+    ({"loss": "D9"}, "'loss' = 'D9'"),
+    ({"k": 1}, "'series\\[0\\].k' = 1"),
+    ({"estimator": {"method": "em"}}, "'series\\[0\\].estimator.method' = 'em'"),
+    ({"seed": -1}, "'seed' = -1"),
+    ({"nosie_sd": 0.1}, "unknown config key\\(s\\) \\['nosie_sd'\\]"),
+    ({"model": {"gate": "softmax", "expert": "tanhh"}}, "series\\[0\\].model.*expert='tanhh'"),
+    ({"truth": {"bias": [0.0], "gate": [[1.0, 2.0]], "expert": [[0.0, 1.0]]}}, "series\\[0\\].truth"),
+])
+def test_errors_name_the_key_and_value(changes, key):
+    with pytest.raises(ValueError, match=key):
+        parse_config(with_(**changes))
+
+
+def test_load_config_from_toml(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(
+        'name = "tiny"\nn = [100, 200]\n[model]\ngate = "sigmoid"\nexpert = "linear"\n'
+        '[truth]\nbias = [0.0]\ngate = [[0.0]]\nexpert = [[0.0, 1.0]]\n'
+    )
+    exp = load_config(path)
+    assert exp.series[0].spec.gate == "sigmoid" and exp.series[0].k == 1
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    (tmp_path / "bad.toml").write_text("name = ")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(tmp_path / "bad.toml")

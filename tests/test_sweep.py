@@ -1,0 +1,118 @@
+"""The sweep engine: seeding by address, bit-identical results across workers and backends, resume."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from moe_sim import store
+from moe_sim.config import parse_config
+from moe_sim.fit.result import FitResult
+from moe_sim.measure import MixingMeasure
+from moe_sim.model import regression_function
+from moe_sim.sweep import make_tasks, run_sweep
+
+TINY = {
+    "name": "tiny",
+    "model": {"gate": "softmax", "expert": "tanh"},
+    "truth": {"bias": [0.0, 0.0], "gate": [[2.0], [0.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]},
+    "k": [2, 3],
+    "n": [50, 100, 200],
+    "replicates": 5,
+    "chunk": 2,
+    "seed": 11,
+    "eval_n": 200,
+    "noise_sd": 0.1,
+}
+
+
+def fake_fit(spec, X, y, k, method, init, n_starts, rng, G_true, backend, fail_prob=0.0, **options):
+    """A test double for `moe_sim.fit.fit`: the truth (last atom repeated up to k) moved by n^-1/2 noise.
+
+    It reads the data (objective, truth objective) and draws from `rng`, so any seeding slip shows.
+    """
+    rng = np.random.default_rng(rng)
+    if rng.random() < fail_prob:
+        raise FloatingPointError("overflow in the test double")
+    index = np.r_[np.arange(G_true.k), np.full(k - G_true.k, G_true.k - 1)]
+    base = G_true.subset(index)
+    jitter = lambda a: a + rng.normal(scale=len(y) ** -0.5, size=a.shape)
+    G = MixingMeasure(jitter(base.bias), jitter(base.gate), jitter(base.expert))
+    rss = lambda M: float(np.sum((y - regression_function(spec, M, X)) ** 2))
+    return FitResult(G, rss(G), 3, bool(rng.random() < 0.8), 0.0, method, truth_objective=rss(G_true))
+
+
+def strip(rows):
+    return rows.drop(columns="runtime_s")
+
+
+@pytest.fixture
+def exp():
+    return parse_config(TINY)
+
+
+def test_rows_are_tidy_and_complete(exp, tmp_path):
+    rows = store.load_results(run_sweep(exp, tmp_path, fit_fn=fake_fit, progress=False))
+    assert len(make_tasks(exp)) == 2 * 3 * 3
+    per_fit = rows.groupby(["series", "n", "replicate"]).size()
+    assert len(per_fit) == 2 * 3 * 5
+    assert not rows.duplicated(["series", "n", "replicate", "quantity", "true_atom"]).any()
+    assert {"loss", "regression_l2", "objective_gap", "param:expert:max", "param:weight:mean"} <= set(rows.quantity)
+    assert set(rows.status) == {"ok", "not_converged"}
+    # k = 2 and k = 3 share their data: the truth's objective is the same for both
+    truth_obj = rows[rows.quantity == "loss"].pivot_table(index=["n", "replicate"], columns="k",
+                                                          values="truth_objective")
+    np.testing.assert_array_equal(truth_obj[2], truth_obj[3])
+    # errors shrink with n like the double's n^-1/2 jitter
+    med = rows[rows.quantity == "regression_l2"].groupby("n").value.median()
+    assert med[50] > med[200]
+
+
+def test_bit_identical_across_worker_counts(exp, tmp_path):
+    one = store.load_results(run_sweep(exp, tmp_path / "one", n_jobs=1, fit_fn=fake_fit, progress=False))
+    two = store.load_results(run_sweep(exp, tmp_path / "two", n_jobs=2, fit_fn=fake_fit, progress=False))
+    pd.testing.assert_frame_equal(strip(one), strip(two))
+
+
+def test_resume_after_interruption_gives_the_same_rows(exp, tmp_path):
+    fresh = store.load_results(run_sweep(exp, tmp_path / "fresh", fit_fn=fake_fit, progress=False))
+    tasks = make_tasks(exp)
+    run_sweep(exp, tmp_path / "resumed", fit_fn=fake_fit, tasks=tasks[::3], progress=False)
+    partial = store.load_results(tmp_path / "resumed")
+    assert 0 < len(partial) < len(fresh)
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "resumed" / "shards").iterdir()}
+    run_sweep(exp, tmp_path / "resumed", fit_fn=fake_fit, progress=False)
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "resumed" / "shards").iterdir()}
+    assert all(after[name] == t for name, t in before.items()), "finished shards are not rewritten"
+    pd.testing.assert_frame_equal(strip(store.load_results(tmp_path / "resumed")), strip(fresh))
+
+
+def test_resume_refuses_a_different_config(exp, tmp_path):
+    run_sweep(exp, tmp_path, fit_fn=fake_fit, tasks=make_tasks(exp)[:1], progress=False)
+    with pytest.raises(ValueError, match="different config"):
+        run_sweep(parse_config({**TINY, "noise_sd": 0.2}), tmp_path, fit_fn=fake_fit, progress=False)
+
+
+def test_failed_fits_are_rows(tmp_path):
+    exp = parse_config({**TINY, "estimator": {"options": {"fail_prob": 0.5}}})
+    rows = store.load_results(run_sweep(exp, tmp_path, fit_fn=fake_fit, progress=False))
+    failed = rows[rows.status == "failed"]
+    assert 0 < failed.groupby(["series", "n", "replicate"]).ngroups < 30
+    assert failed.value.isna().all() and failed.reason.str.contains("FloatingPointError").all()
+
+
+def test_argument_errors(exp, tmp_path):
+    with pytest.raises(ValueError, match="backend='spark'"):
+        run_sweep(exp, tmp_path, backend="spark", fit_fn=fake_fit)
+    with pytest.raises(ValueError, match="n_jobs must be a positive integer, got 0"):
+        run_sweep(exp, tmp_path, n_jobs=0, fit_fn=fake_fit)
+
+
+@pytest.mark.distributed
+def test_dask_local_cluster_matches_loky(exp, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    small = parse_config({**TINY, "k": 3, "n": [50, 100], "replicates": 3})
+    local = store.load_results(run_sweep(small, tmp_path / "loky", fit_fn=fake_fit, progress=False))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        run_sweep(small, tmp_path / "dask", scheduler=cluster.scheduler_address, fit_fn=fake_fit, progress=False)
+    pd.testing.assert_frame_equal(strip(local), strip(store.load_results(tmp_path / "dask")))
