@@ -1,0 +1,204 @@
+"""Convergence rates from sweep rows: log-log slopes with bootstrap intervals, compared with the theory.
+
+For every (series, quantity, true atom) the statistic (median by default, or mean) of the replicates at each n
+is regressed on log n. Bootstrap intervals resample the replicates within each n (seeded). Alongside: the
+slope against log(n / log n) (the regression function's sqrt(log n / n) is a slope of exactly -1/2 there),
+the slope over the upper half of the n grid, the slope of 10%-trimmed means with the share of runaway fits
+(more than 10 times the median at their n), and the verdict against `predicted_rates`.
+
+Failed fits (status "failed") carry no value and are left out; their share is reported.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import trim_mean
+
+from .config import Experiment
+from .theory import predicted_rates
+
+KEYS = ["series_index", "series", "label", "k", "quantity", "true_atom"]
+NON_POLYNOMIAL = ("slow", "not identified", "1/log^lambda(n)")
+RUNAWAY_FACTOR = 10.0
+TRIM = 0.1
+STATS = ("median", "mean")
+
+
+def _check_stat(stat: str) -> None:
+    if stat not in STATS:
+        raise ValueError(f"stat={stat!r} is not allowed; choose one of {', '.join(map(repr, STATS))}")
+
+
+def _center(values: np.ndarray, stat: str, axis=-1) -> np.ndarray:
+    return np.median(values, axis=axis) if stat == "median" else np.mean(values, axis=axis)
+
+
+def bootstrap_centers(groups: list[np.ndarray], stat: str = "median", n_boot: int = 1000, rng=None) -> np.ndarray:
+    """(n_boot + 1, len(groups)) statistics: row 0 on the data, the others on replicates resampled per group."""
+    _check_stat(stat)
+    rng = np.random.default_rng(rng)
+    out = np.empty((n_boot + 1, len(groups)))
+    for j, v in enumerate(groups):
+        out[0, j] = _center(v, stat)
+        out[1:, j] = _center(v[rng.integers(0, len(v), (n_boot, len(v)))], stat)
+    return out
+
+
+def loglog_fit(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares (intercept, slope) of log(centers) on x, row by row; NaN where a center is not positive."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logc = np.where(centers > 0, np.log(np.where(centers > 0, centers, 1.0)), np.nan)
+    xc = x - x.mean()
+    slope = (logc - logc.mean(axis=-1, keepdims=True)) @ xc / (xc @ xc)
+    return logc.mean(axis=-1) - slope * x.mean(), slope
+
+
+def _interval(boot: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    boot = boot[~np.isnan(boot)]
+    if boot.size == 0:
+        return np.nan, np.nan
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return float(lo), float(hi)
+
+
+def _groups(sub: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
+    ok = sub[np.isfinite(sub.value)]
+    grid = np.array(sorted(ok.n.unique()))
+    return grid, [ok.value.to_numpy()[ok.n.to_numpy() == n] for n in grid]
+
+
+def summarize(rows: pd.DataFrame, stat: str = "median", n_boot: int = 1000, rng=0) -> pd.DataFrame:
+    """Per (series, quantity, true atom, n): the statistic with a bootstrap 95% interval, quartiles, counts."""
+    _check_stat(stat)
+    rng = np.random.default_rng(rng)
+    out = []
+    for key, sub in rows.groupby(KEYS, sort=True):
+        grid, groups = _groups(sub)
+        if not groups:
+            continue
+        boot = bootstrap_centers(groups, stat, n_boot, rng)
+        for j, n in enumerate(grid):
+            lo, hi = _interval(boot[1:, j])
+            q25, q75 = np.quantile(groups[j], [0.25, 0.75])
+            out.append({**dict(zip(KEYS, key)), "n": int(n), "stat": stat, "center": boot[0, j], "ci_low": lo,
+                        "ci_high": hi, "q25": q25, "q75": q75, "replicates": len(groups[j]),
+                        "failed": int(((sub.n == n) & (sub.status == "failed")).sum())})
+    return pd.DataFrame(out)
+
+
+def _prediction(table: pd.DataFrame, quantity: str, cell_size: int) -> dict:
+    """Predicted exponent (rate n^-a), label and tag for one quantity; NaN exponent where none applies."""
+    none = {"predicted": np.nan, "predicted_rate": "no prediction", "tag": ""}
+    if quantity == "loss":
+        return {"predicted": 0.5, "predicted_rate": "n^-1/2", "tag": "THEORY s2"}
+    if quantity == "regression_l2":
+        row = table[table.block == "regression_function"].iloc[0]
+        return {"predicted": row.exponent, "predicted_rate": row.rate, "tag": row.tag}
+    if not quantity.startswith("param:") or cell_size < 1:
+        return none
+    block = quantity.split(":")[1]
+    cell = table[(table.cell == ("exact" if cell_size == 1 else "over")) & (table.cell_size == cell_size)]
+    found = cell[cell.block == block]
+    if found.empty and cell_size == 1 and block in ("expert_intercept", "expert_slope", "expert_mean"):
+        found = cell[cell.block == "expert"]
+    if found.empty and block == "expert":
+        found = cell[cell.block.isin(["expert_intercept", "expert_slope"])].sort_values("exponent")
+    if found.empty:
+        return none
+    row = found.iloc[0]
+    return {"predicted": row.exponent, "predicted_rate": row.rate, "tag": row.tag}
+
+
+def verdict(predicted: float, rate_label: str, ci: tuple[float, float]) -> str:
+    """consistent / faster / slower: where the predicted slope -a lies against the measured slope's interval."""
+    if rate_label in NON_POLYNOMIAL:
+        return "slow: no polynomial rate"
+    if not np.isfinite(predicted) or not np.all(np.isfinite(ci)):
+        return ""
+    if ci[0] <= -predicted <= ci[1]:
+        return "consistent"
+    return "faster" if ci[1] < -predicted else "slower"
+
+
+def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=None, stat: str = "median",
+               n_boot: int = 1000, rng=0) -> pd.DataFrame:
+    """One row per (series, quantity, true atom): slopes with bootstrap 95% intervals and the verdict.
+
+    slope: d log(stat) / d log n (negative when the error decays); slope_lognn: the same against
+    log(n / log n); slope_upper: over the upper half of the n grid; trimmed_slope: of 10%-trimmed means.
+    cell_size is the most common size of the true atom's Voronoi cell at the largest n. With `exp` (the
+    experiment that produced the rows) each row is compared with the theory's predicted exponent.
+    """
+    _check_stat(stat)
+    rng = np.random.default_rng(rng)
+    if quantities is not None:
+        rows = rows[rows.quantity.isin(list(quantities))]
+    tables = {}
+    out = []
+    for key, sub in rows.groupby(KEYS, sort=True):
+        record = dict(zip(KEYS, key))
+        grid, groups = _groups(sub)
+        if len(grid) < 2:
+            continue
+        boot = bootstrap_centers(groups, stat, n_boot, rng)
+        x = np.log(grid.astype(float))
+        _, slope = loglog_fit(x, boot)
+        _, slope_nn = loglog_fit(np.log(grid / np.log(grid)), boot)
+        upper = slice(len(grid) // 2, None) if len(grid) >= 4 else slice(None)
+        _, slope_up = loglog_fit(x[upper], boot[:, upper])
+        trimmed = np.array([trim_mean(v, TRIM) for v in groups])
+        medians = np.array([np.median(v) for v in groups])
+        runaway = sum(int(np.sum(v > RUNAWAY_FACTOR * m)) for v, m in zip(groups, medians))
+        at_max = sub[(sub.n == grid[-1]) & (sub.status != "failed")].cell_size
+        cell_size = int(at_max.mode().iloc[0]) if len(at_max) else -1
+        ci = _interval(slope[1:])
+        ci_nn = _interval(slope_nn[1:])
+        record.update({
+            "cell_size": cell_size, "stat": stat, "n_min": int(grid[0]), "n_max": int(grid[-1]),
+            "n_values": len(grid), "slope": slope[0], "ci_low": ci[0], "ci_high": ci[1],
+            "slope_lognn": slope_nn[0], "ci_low_lognn": ci_nn[0], "ci_high_lognn": ci_nn[1],
+            "slope_upper": slope_up[0], "slope_upper_ci_low": _interval(slope_up[1:])[0],
+            "slope_upper_ci_high": _interval(slope_up[1:])[1],
+            "trimmed_slope": loglog_fit(x, trimmed)[1], "runaway_share": runaway / sum(map(len, groups)),
+            "failed_share": float((sub.status == "failed").mean()),
+            "not_converged_share": float((sub.status == "not_converged").mean()),
+        })
+        if exp is not None:
+            series = exp.series[record["series_index"]]
+            if series.name not in tables:
+                tables[series.name] = predicted_rates(series.spec, series.truth, series.k)
+            pred = _prediction(tables[series.name], record["quantity"], cell_size)
+            use_nn = record["quantity"] == "regression_l2"
+            pred["verdict"] = verdict(pred["predicted"], pred["predicted_rate"], ci_nn if use_nn else ci)
+            record.update(pred)
+        out.append(record)
+    return pd.DataFrame(out)
+
+
+def sample_complexity(rows: pd.DataFrame, target: float, quantity: str = "loss", true_atom: int = -1,
+                      stat: str = "median", n_boot: int = 1000, rng=0) -> pd.DataFrame:
+    """Per series: the n at which the fitted log-log line of `quantity` reaches `target`, with a bootstrap
+    95% interval, and the smallest n of the grid whose statistic is already below the target."""
+    if not (np.isfinite(target) and target > 0):
+        raise ValueError(f"target must be a positive number, got {target!r}")
+    _check_stat(stat)
+    rng = np.random.default_rng(rng)
+    sel = rows[(rows.quantity == quantity) & (rows.true_atom == true_atom)]
+    if sel.empty:
+        raise ValueError(f"no rows with quantity={quantity!r} and true_atom={true_atom}")
+    out = []
+    for key, sub in sel.groupby(["series_index", "series", "label", "k"], sort=True):
+        grid, groups = _groups(sub)
+        if len(grid) < 2:
+            continue
+        boot = bootstrap_centers(groups, stat, n_boot, rng)
+        intercept, slope = loglog_fit(np.log(grid.astype(float)), boot)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            n_star = np.where(slope < 0, np.exp((np.log(target) - intercept) / slope), np.inf)
+        lo, hi = _interval(n_star[1:])
+        below = grid[boot[0] <= target]
+        out.append({**dict(zip(["series_index", "series", "label", "k"], key)), "quantity": quantity,
+                    "target": target, "slope": slope[0], "n_needed": n_star[0], "ci_low": lo, "ci_high": hi,
+                    "first_grid_n_below": int(below[0]) if below.size else np.nan})
+    return pd.DataFrame(out)

@@ -1,0 +1,96 @@
+"""Rate fitting: slopes and intervals recover known exponents; verdicts against the theory table."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from moe_sim.config import parse_config
+from moe_sim.rates import loglog_fit, rate_table, sample_complexity, summarize, verdict
+
+GRID = np.array([100, 300, 1000, 3000, 10000, 30000])
+
+
+def synthetic_rows(exponent, reps=40, sd=0.3, rng=0, quantity="loss", series=("a/k=2",), scale=2.0):
+    """Rows whose values are scale * n^-exponent times log-normal noise (median exactly on the line)."""
+    rng = np.random.default_rng(rng)
+    out = []
+    for s_i, name in enumerate(series):
+        for n in GRID:
+            for r in range(reps):
+                out.append({"series_index": s_i, "series": name, "label": name.split("/")[0], "k": 2,
+                            "quantity": quantity, "true_atom": -1, "cell_size": -1, "n": n, "replicate": r,
+                            "status": "ok", "value": scale * n ** -exponent * np.exp(sd * rng.normal())})
+    return pd.DataFrame(out)
+
+
+@pytest.mark.parametrize("exponent", [0.25, 0.5])
+def test_recovers_a_known_slope_within_the_interval(exponent):
+    table = rate_table(synthetic_rows(exponent), rng=1)
+    row = table.iloc[0]
+    assert row.ci_low <= -exponent <= row.ci_high
+    # 40 replicates, sd 0.3 on the log scale: the median's log error is about 0.06, so the slope's about 0.02
+    np.testing.assert_allclose(row.slope, -exponent, atol=0.06)
+    assert row.ci_high - row.ci_low < 0.15
+    assert row.runaway_share == 0 and row.failed_share == 0
+
+
+def test_bootstrap_intervals_cover_at_the_nominal_rate():
+    covered = [(lambda r: r.ci_low <= -0.5 <= r.ci_high)(rate_table(synthetic_rows(0.5, reps=15, rng=s),
+                                                                    n_boot=300, rng=s).iloc[0])
+               for s in range(40)]
+    # 95% intervals: the number missed out of 40 is about Binomial(40, 0.05), 8 or more has p < 0.001
+    assert sum(covered) >= 32
+
+
+def test_log_n_over_n_slope_and_runaways():
+    rows = synthetic_rows(0.5, sd=0.05)
+    rows["value"] *= np.sqrt(np.log(rows.n))  # sqrt(log n / n)
+    rows.loc[rows.replicate == 0, "value"] *= 1e3  # one runaway fit per n
+    row = rate_table(rows).iloc[0]
+    np.testing.assert_allclose(row.slope_lognn, -0.5, atol=0.03)
+    assert row.slope > -0.5 + 0.05, "against log n the log factor makes the slope shallower"
+    np.testing.assert_allclose(row.runaway_share, 1 / 40)
+    np.testing.assert_allclose(row.trimmed_slope, -0.5, atol=0.1)
+
+
+def test_verdicts():
+    assert verdict(0.5, "n^-1/2", (-0.6, -0.45)) == "consistent"
+    assert verdict(0.25, "n^-1/4", (-0.6, -0.45)) == "faster"
+    assert verdict(0.5, "n^-1/2", (-0.3, -0.1)) == "slower"
+    assert verdict(np.nan, "not identified", (-0.3, -0.1)) == "slow: no polynomial rate"
+    assert verdict(np.nan, "no prediction", (-0.3, -0.1)) == ""
+
+
+def test_prediction_from_the_experiment():
+    exp = parse_config({
+        "name": "t", "n": [100, 1000],
+        "model": {"gate": "softmax", "expert": "tanh"},
+        "truth": {"bias": [0.0, 0.0], "gate": [[2.0], [0.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]},
+        "k": 3,
+    })
+    rows = synthetic_rows(0.25, quantity="param:expert:max", series=("default/k=3",))
+    rows["k"], rows["true_atom"], rows["cell_size"] = 3, 1, 2
+    row = rate_table(rows, exp).iloc[0]
+    assert row.cell_size == 2 and row.predicted == 0.25 and row.predicted_rate == "n^-1/4"
+    assert row.verdict == "consistent"
+
+
+def test_sample_complexity_inverts_the_fitted_line():
+    rows = synthetic_rows(0.5, series=("fast/k=2", "slow/k=2"))
+    rows.loc[rows.series == "slow/k=2", "value"] = 2.0 * rows.n ** -0.25
+    out = sample_complexity(rows, target=0.02).set_index("label")
+    # 2 n^-1/2 = 0.02 at n = 1e4; 2 n^-1/4 = 0.02 at n = 1e8
+    assert out.loc["fast", "ci_low"] <= 1e4 <= out.loc["fast", "ci_high"]
+    np.testing.assert_allclose(out.loc["slow", "n_needed"], 1e8, rtol=1e-6)
+    assert out.loc["fast", "first_grid_n_below"] == 10000
+    assert np.isnan(out.loc["slow", "first_grid_n_below"])
+
+
+def test_summarize_and_loglog_fit():
+    summary = summarize(synthetic_rows(0.5, sd=0.01), n_boot=200)
+    assert len(summary) == len(GRID) and (summary.ci_low <= summary.center).all()
+    np.testing.assert_allclose(summary.center, 2.0 * GRID**-0.5, rtol=0.01)
+    intercept, slope = loglog_fit(np.log(GRID), 3.0 * GRID**-0.7)
+    np.testing.assert_allclose([intercept, slope], [np.log(3.0), -0.7])
+    with pytest.raises(ValueError, match="stat='mode'"):
+        summarize(synthetic_rows(0.5), stat="mode")
