@@ -1,0 +1,204 @@
+"""EM for the softmax Gaussian MoE: monotone, recovers paper a's truth, agrees with direct maximisation."""
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+import moe_sim as ms
+from moe_sim.fit.em import _Design, _run, em_fit
+
+
+def _data(spec, G, n, seed):
+    """Paper a's design: X = linspace(0, 1, n)."""
+    return ms.sample(spec, G, n, rng=seed, design="equispaced", bounds=(0.0, 1.0))
+
+
+def _perturbed(G, rng, gate_sd, expert_sd, k=None):
+    """G's atoms (cycled up to k) with Gaussian noise on gates and experts, variances scaled by 1.5."""
+    rng = np.random.default_rng(rng)
+    idx = np.arange(k or G.k) % G.k
+    G = G.subset(idx)
+    return ms.MixingMeasure(
+        G.bias + gate_sd * rng.standard_normal(G.k),
+        G.gate + gate_sd * rng.standard_normal(G.gate.shape),
+        G.expert + expert_sd * rng.standard_normal(G.expert.shape),
+        1.5 * G.var,
+    )
+
+
+def _assert_monotone(trace):
+    steps = np.diff(trace)
+    np.testing.assert_array_less(-1e-10 * np.abs(trace[:-1]), steps)
+
+
+@pytest.mark.parametrize("k, seed", [(2, 0), (3, 1), (4, 2)])
+def test_log_likelihood_never_decreases(paper_a, k, seed):
+    spec, G = paper_a
+    X, y = _data(spec, G, 2000, seed)
+    starts = [("far", _perturbed(G, seed, 3.0, 3.0, k)), ("near", _perturbed(G, seed + 10, 0.1, 0.1, k))]
+    res = em_fit(spec, X, y, k, starts, tol=1e-10, max_iter=300, trace=True)
+    assert len(res.trace) == 2 and len(res.starts) == 2
+    for trace, start in zip(res.trace, res.starts):
+        assert len(trace) == start.n_iter + 1
+        assert trace[-1] - trace[0] > 0  # the test can fail: EM moved
+        _assert_monotone(trace)
+        assert start.objective == trace[-1]
+    assert res.objective == max(s.objective for s in res.starts)
+    np.testing.assert_allclose(res.objective, ms.log_density(spec, res.measure, X, y).sum(), rtol=1e-12)
+    np.testing.assert_allclose(res.measure.bias[-1], 0.0)
+    np.testing.assert_allclose(res.measure.gate[-1], 0.0)
+
+
+def test_recovers_paper_a_truth(paper_a):
+    spec, G = paper_a
+    n = 100_000
+    X, y = _data(spec, G, n, 3)
+    res = em_fit(spec, X, y, 2, [("near_truth", _perturbed(G, 4, 0.5, 0.5))])
+    assert res.converged and res.reason == "" and res.method == "em"
+    assert 0 < res.n_iter < 2000
+    assert ms.voronoi_loss(spec, res.measure, G) < 0.05
+    # the MLE beats the truth on its own sample; the chunked log-likelihood is the model's
+    assert res.objective >= ms.log_density(spec, G, X, y).sum()
+    np.testing.assert_allclose(res.objective, ms.log_density(spec, res.measure, X, y).sum(), rtol=1e-12)
+
+
+def test_chunking_does_not_change_the_path(paper_a):
+    spec, G = paper_a
+    X, y = _data(spec, G, 1000, 14)
+    G0 = _perturbed(G, 15, 1.0, 1.0, 3)
+    whole = _run(spec, _Design.of(spec, X, y), G0, 1e-8, 100, 1e-6)
+    chunked = _run(spec, _Design.of(spec, X, y, chunk=128), G0, 1e-8, 100, 1e-6)
+    np.testing.assert_allclose(chunked.trace, whole.trace, rtol=1e-12)
+    np.testing.assert_allclose(chunked.measure.to_vector(), whole.measure.to_vector(), rtol=1e-8, atol=1e-10)
+
+
+def test_recovery_improves_with_n(paper_a):
+    """Exactly specified: the loss shrinks roughly like n^-1/2 (median of 5 replicates at each n)."""
+    spec, G = paper_a
+    medians = []
+    for n in (1_000, 10_000):
+        losses = []
+        for rep in range(5):
+            X, y = _data(spec, G, n, 100 * rep + n)
+            res = em_fit(spec, X, y, 2, [("near_truth", _perturbed(G, rep, 0.3, 0.3))])
+            losses.append(ms.voronoi_loss(spec, res.measure, G))
+        medians.append(np.median(losses))
+    ratio = medians[1] / medians[0]  # n^-1/2 gives 0.32
+    assert 0.1 < ratio < 0.6, medians
+
+
+def test_translation_of_start_does_not_matter(paper_a):
+    spec, G = paper_a
+    X, y = _data(spec, G, 1000, 5)
+    G0 = _perturbed(G, 6, 0.3, 0.3)
+    a = em_fit(spec, X, y, 2, [("a", G0)], tol=1e-9)
+    b = em_fit(spec, X, y, 2, [("b", G0.translate(2.5, np.array([-4.0])))], tol=1e-9)
+    assert a.n_iter == b.n_iter
+    np.testing.assert_allclose(a.measure.to_vector(), b.measure.to_vector(), rtol=1e-7, atol=1e-7)
+
+
+def test_expert_with_zero_responsibility_is_kept(paper_a):
+    spec, G = paper_a
+    X, y = _data(spec, G, 2000, 7)
+    dead = ms.MixingMeasure(
+        np.r_[G.bias, -1e3], np.r_[G.gate, [[0.0]]], np.r_[G.expert, [[1e4, 0.0]]], np.r_[G.var, 0.5]
+    )
+    res = em_fit(spec, X, y, 3, [("dead", dead)], max_iter=50, trace=True)
+    assert np.all(np.isfinite(res.measure.to_vector()))
+    np.testing.assert_allclose(res.measure.expert[2], dead.expert[2])
+    np.testing.assert_allclose(res.measure.var[2], dead.var[2])
+    _assert_monotone(res.trace[0])
+    # the live atoms still fit the data
+    assert ms.voronoi_loss(spec, res.measure.subset([0, 1]), G) < 0.5
+
+
+def test_max_iter_and_non_finite_are_reported_not_raised(paper_a):
+    spec, G = paper_a
+    X, y = _data(spec, G, 500, 8)
+    far = _perturbed(G, 9, 3.0, 3.0)
+    res = em_fit(spec, X, y, 2, [("far", far)], tol=0.0, max_iter=3)
+    assert (res.converged, res.reason, res.n_iter) == (False, "max_iter", 3)
+    res = em_fit(spec, X, np.full_like(y, 1e200), 2, [("far", far)])
+    assert not res.converged and "non-finite" in res.reason
+    assert res.measure is None and res.objective == -np.inf
+    res = em_fit(spec, X, y, 2, [("truth", G)], max_iter=0)
+    assert res.n_iter == 0 and res.measure is not None and not res.converged
+
+
+def test_polynomial_experts_fit(paper_a):
+    _, G = paper_a
+    spec = ms.MoESpec(gate="softmax", expert="polynomial", degree=2, d=1, likelihood="gaussian")
+    G = ms.MixingMeasure(G.bias, G.gate, np.c_[G.expert, [4.0, -6.0]], G.var)
+    X, y = _data(spec, G, 20_000, 10)
+    res = em_fit(spec, X, y, 2, [("near", _perturbed(G, 11, 0.3, 0.3))], trace=True)
+    assert res.converged
+    _assert_monotone(res.trace[0])
+    np.testing.assert_allclose(res.measure.expert, G.expert, atol=0.5)
+    np.testing.assert_allclose(res.measure.var, G.var, rtol=0.1)
+
+
+def _bad_calls(paper_a):
+    spec, G = paper_a
+    X, y = _data(spec, G, 50, 0)
+    ok = [("truth", G)]
+    no_var = ms.MixingMeasure(G.bias, G.gate, G.expert)
+    regression = ms.MoESpec(gate="softmax", expert="linear", d=1)
+    tanh = ms.MoESpec(gate="softmax", expert="tanh", d=1, likelihood="gaussian")
+    return {
+        "likelihood": lambda: em_fit(regression, X, y, 2, ok),
+        "expert": lambda: em_fit(tanh, X, y, 2, ok),
+        "k": lambda: em_fit(spec, X, y, 3, ok),
+        "k0": lambda: em_fit(spec, X, y, 0, ok),
+        "empty starts": lambda: em_fit(spec, X, y, 2, []),
+        "not a pair": lambda: em_fit(spec, X, y, 2, [G]),
+        "var": lambda: em_fit(spec, X, y, 2, [("no var", no_var)]),
+        "X shape": lambda: em_fit(spec, np.c_[X, X], y, 2, ok),
+        "y nan": lambda: em_fit(spec, X, np.r_[y[:-1], np.nan], 2, ok),
+        "tol": lambda: em_fit(spec, X, y, 2, ok, tol=-1.0),
+        "max_iter": lambda: em_fit(spec, X, y, 2, ok, max_iter=1.5),
+        "var_floor": lambda: em_fit(spec, X, y, 2, ok, var_floor=0.0),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["likelihood", "expert", "k", "k0", "empty starts", "not a pair", "var", "X shape", "y nan", "tol",
+             "max_iter", "var_floor"]
+)
+def test_bad_inputs_raise(paper_a, case):
+    with pytest.raises(ValueError):
+        _bad_calls(paper_a)[case]()
+
+
+def _direct_mle(spec, X, y, G0):
+    """Maximise sum log p_G(y | x) with L-BFGS-B over (bias, gate, expert, log var), analytic gradient."""
+    k, q, p = G0.k, spec.q, spec.p
+
+    def unpack(theta):
+        bias, gate, expert, log_var = np.split(theta, np.cumsum([k, k * q, k * p]))
+        return ms.MixingMeasure(bias, gate.reshape(k, q), expert.reshape(k, p), np.exp(log_var))
+
+    def neg_ll(theta):
+        G = unpack(theta)
+        grad = ms.log_density_gradient(spec, G, X, y)
+        g = np.concatenate([grad[b].sum(axis=-1).ravel() for b in ("bias", "gate", "expert")]
+                           + [grad["var"].sum(axis=-1) * G.var])
+        return -ms.log_density(spec, G, X, y).sum(), -g
+
+    theta0 = np.concatenate([G0.bias, G0.gate.ravel(), G0.expert.ravel(), np.log(G0.var)])
+    out = minimize(neg_ll, theta0, jac=True, method="L-BFGS-B",
+                   options={"maxiter": 20_000, "ftol": 1e-15, "gtol": 1e-9, "maxcor": 30})
+    return unpack(out.x), -out.fun
+
+
+def test_em_agrees_with_direct_maximisation(paper_a):
+    spec, G = paper_a
+    n = 3000
+    X, y = _data(spec, G, n, 12)
+    G0 = _perturbed(G, 13, 0.3, 0.3)
+    res = em_fit(spec, X, y, 2, [("near", G0)], tol=1e-13, max_iter=5000)
+    G_direct, ll_direct = _direct_mle(spec, X, y, G0)
+    assert res.objective >= ll_direct - 1e-6 * abs(ll_direct)
+    # statistical error of an expert's coefficients: sqrt(var / n_i) with n_i ~ n / 2 samples per expert
+    se = np.sqrt(G.var / (n / 2))[:, None]
+    np.testing.assert_array_less(np.abs(res.measure.expert - G_direct.expert), np.broadcast_to(0.01 * se, (2, 2)))
+    assert np.all(np.abs(res.measure.expert - G.expert) < 10 * se * np.array([[1.0, 4.0]]))
