@@ -46,14 +46,14 @@ TOP_KEYS = {
     "eval_n": "size of the fresh evaluation design for the regression-function error",
     "reference": "table of options passed to closest_measure (sigmoid regime 2)",
     "series": "array of tables, one per model series",
-    "analysis": "table: quantities (list), target_error (number), stat ('median' | 'mean')",
+    "analysis": "table: quantities (list), stat ('median' | 'mean'), target_error, target_quantity, target_atom",
     "quick": "table of top-level overrides for the --quick variant",
 }
 MODEL_KEYS = ("gate", "score", "expert", "d", "likelihood", "degree", "temperature")
 TRUTH_KEYS = ("bias", "gate", "expert", "var")
 ESTIMATOR_KEYS = ("method", "init", "n_starts", "options")
 SERIES_KEYS = ("label", "model", "truth", "k", "estimator", "loss", "data")
-ANALYSIS_KEYS = ("quantities", "target_error", "stat")
+ANALYSIS_KEYS = ("quantities", "target_error", "target_quantity", "target_atom", "stat")
 METHODS = ("lse", "em")
 DEFAULT_QUANTITIES = ("loss", "regression_l2", "param:weight:max", "param:gate:max", "param:expert:max")
 
@@ -127,6 +127,8 @@ class Experiment:
     reference: dict
     quantities: tuple[str, ...]
     target_error: float | None
+    target_quantity: str
+    target_atom: int
     stat: str
     quick: bool
     raw: dict = field(repr=False)
@@ -232,6 +234,12 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
     target = analysis.get("target_error")
     if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0):
         raise _fail("analysis.target_error", target, "expected a positive number")
+    target_quantity = analysis.get("target_quantity", quantities[0] if quantities else "loss")
+    if not isinstance(target_quantity, str):
+        raise _fail("analysis.target_quantity", target_quantity, "expected a quantity name")
+    target_atom = analysis.get("target_atom", -1)
+    if isinstance(target_atom, bool) or not isinstance(target_atom, int) or target_atom < -1:
+        raise _fail("analysis.target_atom", target_atom, "expected a true atom index (or -1 for none)")
     stat = analysis.get("stat", "median")
     if stat not in ("median", "mean"):
         raise _fail("analysis.stat", stat, "choose 'median' or 'mean'")
@@ -295,6 +303,8 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
         reference=dict(reference),
         quantities=tuple(quantities),
         target_error=None if target is None else float(target),
+        target_quantity=target_quantity,
+        target_atom=target_atom,
         stat=stat,
         quick=quick,
         raw=cfg,

@@ -1,0 +1,147 @@
+"""The `moe-sim` command line: list, run, reproduce, rates, plot."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import store
+from .config import load_config
+from .plots import TABLE_COLUMNS, experiment_of, report, to_markdown, write_table
+from .rates import rate_table
+from .sweep import run_sweep
+
+
+def default_configs_dir() -> Path:
+    """./experiments when it exists, else the experiments/ folder of the source checkout."""
+    here = Path.cwd() / "experiments"
+    return here if here.is_dir() else Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _configs(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(Path(folder).glob("*.toml"))}
+
+
+def _resolve(config: str, folder: Path) -> Path:
+    path = Path(config)
+    if path.suffix == ".toml" or path.exists():
+        return path
+    found = _configs(folder)
+    if config not in found:
+        raise ValueError(f"config {config!r} is neither a file nor one of {sorted(found)} in {str(folder)!r}")
+    return found[config]
+
+
+def cmd_list(args) -> int:
+    found = _configs(args.configs)
+    if not found:
+        raise ValueError(f"no *.toml configs in {str(args.configs)!r}")
+    for name, path in found.items():
+        exp, quick = load_config(path), load_config(path, quick=True)
+        print(f"{name:24s} paper {exp.paper or '-':3s} {len(exp.series):2d} series  n {exp.n_grid[0]}..{exp.n_grid[-1]}"
+              f" x {exp.replicates} reps (quick: n {quick.n_grid[0]}..{quick.n_grid[-1]} x {quick.replicates})"
+              f"  {exp.description}")
+    return 0
+
+
+def _run_one(exp, out: Path, args) -> Path:
+    tic = time.perf_counter()
+    run_sweep(exp, out, n_jobs=args.n_jobs, scheduler=getattr(args, "scheduler", None),
+              progress=not args.no_progress)
+    rows = store.load_results(out)
+    failed = rows[rows.quantity == "loss"].status.eq("failed").sum()
+    print(f"{exp.name}: {rows.groupby(['series', 'n', 'replicate']).ngroups} fits ({failed} failed) in "
+          f"{time.perf_counter() - tic:.1f} s -> {out}")
+    return out
+
+
+def cmd_run(args) -> int:
+    exp = load_config(_resolve(args.config, args.configs), quick=args.quick)
+    _run_one(exp, Path(args.out) if args.out else Path("results") / exp.name, args)
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    found = _configs(args.configs)
+    names = sorted(found) if args.name == "all" else [args.name]
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise ValueError(f"unknown experiment {unknown[0]!r}; choose 'all' or one of {sorted(found)}")
+    figures = Path(args.out) if args.out else Path("figures")
+    results_root = figures / "results" if args.out else Path("results")
+    total = time.perf_counter()
+    for name in names:
+        exp = load_config(found[name], quick=args.quick)
+        out = _run_one(exp, results_root / exp.name, args)
+        rates, paths = report(out, figures)
+        print(f"  {len(rates)} rates, {len(paths)} files in {figures}")
+    print(f"reproduce {args.name}: {time.perf_counter() - total:.1f} s")
+    return 0
+
+
+def cmd_rates(args) -> int:
+    exp = experiment_of(args.results)
+    rates = rate_table(store.load_results(args.results), exp, stat=args.stat or exp.stat)
+    write_table(rates, args.results, f"{exp.name}_rates")
+    print(to_markdown(rates[[c for c in TABLE_COLUMNS if c in rates.columns]]), end="")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    _, paths = report(args.results, args.out, stat=args.stat)
+    for path in paths:
+        print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moe-sim", description=__doc__)
+    parser.add_argument("--configs", type=Path, default=None, help="folder of experiment TOML files")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="list the experiments").set_defaults(func=cmd_list)
+
+    def sweep_options(p):
+        p.add_argument("--quick", action="store_true", help="the config's [quick] variant")
+        p.add_argument("--n-jobs", type=int, default=1, help="worker processes (default 1)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    run = sub.add_parser("run", help="run (or resume) one experiment")
+    run.add_argument("config", help="a TOML file or the name of a config in the configs folder")
+    sweep_options(run)
+    run.add_argument("--out", help="results directory (default results/NAME)")
+    run.add_argument("--scheduler", help="Dask scheduler address (runs the tasks on that cluster)")
+    run.set_defaults(func=cmd_run)
+
+    rep = sub.add_parser("reproduce", help="run experiments, fit rates and draw their figures")
+    rep.add_argument("name", help="an experiment name or 'all'")
+    sweep_options(rep)
+    rep.add_argument("--out", help="folder for figures and tables (default figures/; results in OUT/results)")
+    rep.set_defaults(func=cmd_reproduce)
+
+    for name, func, text in (("rates", cmd_rates, "print and store the rate table of a results directory"),
+                             ("plot", cmd_plot, "draw the figures and tables of a results directory")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("results", type=Path, help="a results directory (with manifest.json)")
+        p.add_argument("--stat", choices=("median", "mean"), help="statistic per n (default: the config's)")
+        if name == "plot":
+            p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default figures/)")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.configs is None:
+        args.configs = default_configs_dir()
+    try:
+        return args.func(args)
+    except ValueError as exc:
+        print(f"moe-sim: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

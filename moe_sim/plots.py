@@ -1,0 +1,156 @@
+"""Figures (matplotlib, Agg) and rate tables of a finished sweep.
+
+`report(results_dir, out_dir)` is the whole analysis of one results directory: rate table (CSV and
+Markdown), a log-log figure (PNG and PDF) with one row of panels per series and one column per quantity,
+and, when the config sets `analysis.target_error`, a sample-complexity figure.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import store  # noqa: E402
+from .config import Experiment, parse_config  # noqa: E402
+from .rates import rate_table, sample_complexity, summarize  # noqa: E402
+
+TABLE_COLUMNS = ["series", "quantity", "true_atom", "cell_size", "slope", "ci_low", "ci_high", "slope_lognn",
+                 "slope_upper", "trimmed_slope", "runaway_share", "failed_share", "predicted_rate", "tag",
+                 "verdict"]
+
+
+def experiment_of(results_dir) -> Experiment:
+    """The experiment a results directory was produced from (its manifest's effective config)."""
+    manifest = store.read_manifest(results_dir)
+    exp = parse_config(manifest["config"])
+    return exp if not manifest.get("quick") else parse_config({**manifest["config"], "name": exp.name + "_quick"})
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
+    """A GitHub Markdown table (numbers to `digits` significant digits)."""
+    def cell(v):
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else f"{v:.{digits}g}"
+        return str(v)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(table: pd.DataFrame, out_dir, basename: str) -> list[Path]:
+    """CSV (all columns) and Markdown (the readable ones) side by side."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, md = out_dir / f"{basename}.csv", out_dir / f"{basename}.md"
+    table.to_csv(csv, index=False)
+    md.write_text(to_markdown(table[[c for c in TABLE_COLUMNS if c in table.columns] or list(table.columns)]))
+    return [csv, md]
+
+
+def _label(rate: pd.Series) -> str:
+    text = f"slope {rate.slope:.2f} [{rate.ci_low:.2f}, {rate.ci_high:.2f}]"
+    if rate.true_atom >= 0:
+        text = f"atom {rate.true_atom} (cell {rate.cell_size}): " + text
+    return text
+
+
+def plot_experiment(rows: pd.DataFrame, exp: Experiment, out_dir, quantities=None, stat: str | None = None,
+                    rates: pd.DataFrame | None = None) -> list[Path]:
+    """Log-log panels (series x quantity): statistic per n with its bootstrap 95% interval, the fitted line
+    with its slope, and the predicted rate as a dotted reference line through the first point."""
+    stat = stat or exp.stat
+    quantities = [q for q in (quantities or exp.quantities) if q in set(rows.quantity)]
+    if not quantities:
+        raise ValueError(f"none of the quantities {list(quantities or exp.quantities)} is in the results")
+    rows = rows[rows.quantity.isin(quantities)]
+    summary = summarize(rows, stat)
+    rates = rate_table(rows, exp, stat=stat) if rates is None else rates
+    series = sorted(rows.series_index.unique())
+    fig, axes = plt.subplots(len(series), len(quantities), figsize=(3.6 * len(quantities), 2.9 * len(series)),
+                             squeeze=False, sharex=True)
+    for r, s_i in enumerate(series):
+        for c, quantity in enumerate(quantities):
+            ax = axes[r, c]
+            part = summary[(summary.series_index == s_i) & (summary.quantity == quantity) & (summary.center > 0)]
+            for color, (atom, sub) in zip(plt.cm.tab10.colors, part.groupby("true_atom")):
+                err = np.vstack([sub.center - sub.ci_low, sub.ci_high - sub.center])
+                ax.errorbar(sub.n, sub.center, yerr=err, fmt="o", ms=3, color=color, capsize=2)
+                fit = rates[(rates.series_index == s_i) & (rates.quantity == quantity) & (rates.true_atom == atom)]
+                if fit.empty or not np.isfinite(fit.iloc[0].slope):
+                    continue
+                rate = fit.iloc[0]
+                n = sub.n.to_numpy(float)
+                logc = np.log(sub.center.to_numpy())
+                line = np.exp(logc.mean() + rate.slope * (np.log(n) - np.log(n).mean()))
+                ax.plot(n, line, "-", color=color, lw=1, label=_label(rate))
+                if np.isfinite(rate.get("predicted", np.nan)):
+                    shape = n ** -rate.predicted * (np.log(n) ** 0.5 if quantity == "regression_l2" else 1.0)
+                    ax.plot(n, line[0] * shape / shape[0], ":", color=color, lw=1.2,
+                            label=f"theory {rate.predicted_rate}")
+                elif rate.get("predicted_rate", "") not in ("", "no prediction"):
+                    ax.plot([], [], " ", label=f"theory: {rate.predicted_rate}")
+            if part.empty:
+                ax.text(0.5, 0.5, "no positive values", ha="center", va="center", transform=ax.transAxes)
+            else:
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.legend(fontsize=5.5, loc="best")
+            ax.set_title(f"{exp.series[s_i].name}: {quantity}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if r == len(series) - 1:
+                ax.set_xlabel("n", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(f"{stat} (95% CI)", fontsize=8)
+    fig.suptitle(f"{exp.name}: {exp.description}", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out_dir, exp.name)
+
+
+def plot_sample_complexity(table: pd.DataFrame, exp: Experiment, out_dir) -> list[Path]:
+    """n needed to reach the target error per series, with bootstrap 95% intervals (log scale)."""
+    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(table)))
+    y = np.arange(len(table))
+    ok = np.isfinite(table.n_needed.to_numpy())
+    lo = np.clip(table.n_needed - table.ci_low, 0, None)[ok]
+    hi = np.clip(table.ci_high - table.n_needed, 0, None)[ok].replace(np.inf, 0)
+    ax.errorbar(table.n_needed[ok], y[ok], xerr=np.vstack([lo, hi]), fmt="o", capsize=3)
+    labels = [s if f else f"{s} (no decay)" for s, f in zip(table.series, ok)]
+    ax.set_yticks(y, labels, fontsize=7)
+    if ok.any():
+        ax.set_xscale("log")
+    ax.set_xlabel(f"n to reach {exp.target_quantity} = {exp.target_error:g} (fitted line, 95% CI)", fontsize=8)
+    ax.set_title(f"{exp.name}: sample complexity", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out_dir, f"{exp.name}_sample_complexity")
+
+
+def _save(fig, out_dir, basename: str) -> list[Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{basename}.png", out_dir / f"{basename}.pdf"]
+    fig.savefig(paths[0], dpi=130)
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths
+
+
+def report(results_dir, out_dir, stat: str | None = None) -> tuple[pd.DataFrame, list[Path]]:
+    """Rate table (CSV, Markdown) and figures of one results directory, written into out_dir."""
+    exp = experiment_of(results_dir)
+    rows = store.load_results(results_dir)
+    stat = stat or exp.stat
+    rates = rate_table(rows, exp, stat=stat)
+    paths = write_table(rates, out_dir, f"{exp.name}_rates")
+    paths += plot_experiment(rows, exp, out_dir, stat=stat, rates=rates)
+    if exp.target_error is not None:
+        complexity = sample_complexity(rows, exp.target_error, exp.target_quantity, exp.target_atom, stat)
+        paths += write_table(complexity, out_dir, f"{exp.name}_sample_complexity")
+        paths += plot_sample_complexity(complexity, exp, out_dir)
+    return rates, paths
