@@ -6,6 +6,7 @@ from scipy.optimize import minimize
 
 import moe_sim as ms
 from moe_sim.fit.em import _Design, _run, em_fit
+from tests.conftest import random_measure
 
 
 def _data(spec, G, n, seed):
@@ -49,6 +50,18 @@ def test_log_likelihood_never_decreases(paper_a, k, seed):
     np.testing.assert_allclose(res.measure.gate[-1], 0.0)
 
 
+@pytest.mark.parametrize("score", ["linear", "quadratic", "partial_quadratic"])
+def test_monotone_in_two_dimensions(score):
+    """d = 2, k = 3: several gate and expert parameters per atom; the truth is a random measure."""
+    spec = ms.MoESpec(gate="softmax", score=score, expert="linear", d=2, likelihood="gaussian")
+    G = random_measure(spec, 3, 16)
+    X, y = ms.sample(spec, G, 3000, rng=17)
+    res = em_fit(spec, X, y, 3, [("random", random_measure(spec, 3, 18))], tol=1e-9, max_iter=300, trace=True)
+    assert res.trace[0][-1] - res.trace[0][0] > 0
+    _assert_monotone(res.trace[0])
+    np.testing.assert_allclose(res.objective, ms.log_density(spec, res.measure, X, y).sum(), rtol=1e-12)
+
+
 def test_recovers_paper_a_truth(paper_a):
     spec, G = paper_a
     n = 100_000
@@ -73,18 +86,18 @@ def test_chunking_does_not_change_the_path(paper_a):
 
 
 def test_recovery_improves_with_n(paper_a):
-    """Exactly specified: the loss shrinks roughly like n^-1/2 (median of 5 replicates at each n)."""
+    """Exactly specified: the loss shrinks roughly like n^-1/2 (median of 9 replicates at each n)."""
     spec, G = paper_a
     medians = []
     for n in (1_000, 10_000):
         losses = []
-        for rep in range(5):
+        for rep in range(9):
             X, y = _data(spec, G, n, 100 * rep + n)
             res = em_fit(spec, X, y, 2, [("near_truth", _perturbed(G, rep, 0.3, 0.3))])
             losses.append(ms.voronoi_loss(spec, res.measure, G))
         medians.append(np.median(losses))
     ratio = medians[1] / medians[0]  # n^-1/2 gives 0.32
-    assert 0.1 < ratio < 0.6, medians
+    assert 0.1 < ratio < 0.7, medians
 
 
 def test_translation_of_start_does_not_matter(paper_a):
@@ -151,6 +164,7 @@ def _bad_calls(paper_a):
         "k0": lambda: em_fit(spec, X, y, 0, ok),
         "empty starts": lambda: em_fit(spec, X, y, 2, []),
         "not a pair": lambda: em_fit(spec, X, y, 2, [G]),
+        "name": lambda: em_fit(spec, X, y, 2, [(0, G)]),
         "var": lambda: em_fit(spec, X, y, 2, [("no var", no_var)]),
         "X shape": lambda: em_fit(spec, np.c_[X, X], y, 2, ok),
         "y nan": lambda: em_fit(spec, X, np.r_[y[:-1], np.nan], 2, ok),
@@ -161,7 +175,7 @@ def _bad_calls(paper_a):
 
 
 @pytest.mark.parametrize(
-    "case", ["likelihood", "expert", "k", "k0", "empty starts", "not a pair", "var", "X shape", "y nan", "tol",
+    "case", ["likelihood", "expert", "k", "k0", "empty starts", "not a pair", "name", "var", "X shape", "y nan", "tol",
              "max_iter", "var_floor"]
 )
 def test_bad_inputs_raise(paper_a, case):

@@ -165,8 +165,11 @@ def _gate_step(T: Array, design: _Design, gate: _Gate) -> _Gate:
     w[np.arange(K), np.arange(K)] += gate.single[:K]
     F = _symmetric(w, m).transpose(0, 2, 1, 3).reshape(K * m, K * m)
     F += (_RIDGE * np.trace(F) / (K * m) + 1e-300) * np.eye(K * m)
-    delta = np.linalg.solve(F, grad).reshape(K, m)
+    delta = np.linalg.solve(F, grad)
     q_old = float(np.einsum("km,km->", gate.theta, S)) - gate.lse_sum
+    if grad @ delta <= 1e-14 * max(abs(q_old), 1.0):  # Newton decrement at rounding level: at the optimum
+        return gate
+    delta = delta.reshape(K, m)
     step = 1.0
     for _ in range(_MAX_HALVINGS):
         trial = gate.theta.copy()
@@ -235,7 +238,10 @@ def _check_starts(spec: MoESpec, k, starts) -> list[tuple[str, MixingMeasure]]:
     if not starts:
         raise ValueError("starts is empty: give at least one (name, MixingMeasure) pair")
     for i, start in enumerate(starts):
-        if not (isinstance(start, tuple) and len(start) == 2 and isinstance(start[1], MixingMeasure)):
+        if not (
+            isinstance(start, tuple) and len(start) == 2 and isinstance(start[0], str)
+            and isinstance(start[1], MixingMeasure)
+        ):
             raise ValueError(f"starts[{i}] must be a (name, MixingMeasure) pair, got {start!r}")
         spec.check_measure(start[1], f"starts[{i}] measure")
         if start[1].k != k:
@@ -260,7 +266,8 @@ def em_fit(
 
     Stops when the relative log-likelihood change is below `tol` (relative to max(|loglik|, 1)), or after
     `max_iter` iterations (converged False, reason "max_iter"); a NaN stops a start with a reason, never an
-    exception. The returned measure has its last atom's gate pinned at zero. `objective` is the total
+    exception. Start variances below `var_floor` are raised to it. The returned measure has its last atom's
+    (bias, gate) pinned at zero. `objective` is the total
     log-likelihood (higher is better). EM draws nothing: `rng` is accepted for the fitters' common signature.
     With trace=True the result carries `trace`, a list (one per start) of per-iteration log-likelihood arrays.
     """
