@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -63,8 +64,8 @@ class _Design:
         feats = Features.of(spec, X)
         q, p = feats.phi.shape[0], feats.psi.shape[0]
         x = np.vstack([np.ones(feats.n), feats.phi])
-        ia, ib = np.triu_indices(p)
-        ga, gb = np.triu_indices(q + 1)
+        ia, ib = _triu(p)
+        ga, gb = _triu(q + 1)
         psi = feats.psi
         rows = np.vstack([x, psi[ia] * psi[ib], psi * y, y * y])
         pairs = x[ga] * x[gb]
@@ -80,9 +81,18 @@ class _Design:
         return self.q + 1
 
 
+@lru_cache(maxsize=None)
+def _triu(size: int) -> tuple[Array, Array]:
+    """np.triu_indices(size), cached: it is needed several times per iteration and costs more than the maths."""
+    index = np.triu_indices(size)
+    for arr in index:
+        arr.setflags(write=False)
+    return index
+
+
 def _symmetric(flat: Array, size: int) -> Array:
     """(..., size (size + 1) / 2) upper-triangle entries -> (..., size, size) symmetric matrices."""
-    ia, ib = np.triu_indices(size)
+    ia, ib = _triu(size)
     out = np.empty(flat.shape[:-1] + (size, size))
     out[..., ia, ib] = flat
     out[..., ib, ia] = flat
@@ -113,7 +123,7 @@ class _Gate:
     @classmethod
     def at(cls, theta: Array, design: _Design) -> "_Gate":
         K = theta.shape[0] - 1
-        ia, ib = np.triu_indices(K)
+        ia, ib = _triu(K)
         lse_sum, single, cross = 0.0, 0.0, 0.0
         for c in design.chunks:
             z = theta[:, 1:] @ c.feats.phi
@@ -158,7 +168,7 @@ def _gate_step(T: Array, design: _Design, gate: _Gate) -> _Gate:
     S = T[:, :m]
     grad = (S[:K] - gate.single[:K, :m]).ravel()  # x_0 x_a = x_a: the first m pairs are x itself
     cross = np.zeros((K, K, gate.cross.shape[1]))
-    ia, ib = np.triu_indices(K)
+    ia, ib = _triu(K)
     cross[ia, ib] = gate.cross
     cross[ib, ia] = gate.cross
     w = -cross
