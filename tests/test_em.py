@@ -169,13 +169,14 @@ def _bad_calls(paper_a):
         "X shape": lambda: em_fit(spec, np.c_[X, X], y, 2, ok),
         "y nan": lambda: em_fit(spec, X, np.r_[y[:-1], np.nan], 2, ok),
         "tol": lambda: em_fit(spec, X, y, 2, ok, tol=-1.0),
+        "tol type": lambda: em_fit(spec, X, y, 2, ok, tol="1e-6"),
         "max_iter": lambda: em_fit(spec, X, y, 2, ok, max_iter=1.5),
         "var_floor": lambda: em_fit(spec, X, y, 2, ok, var_floor=0.0),
     }
 
 
 @pytest.mark.parametrize(
-    "case", ["likelihood", "expert", "k", "k0", "empty starts", "not a pair", "name", "var", "X shape", "y nan", "tol",
+    "case", ["likelihood", "expert", "k", "k0", "empty starts", "not a pair", "name", "var", "X shape", "y nan", "tol", "tol type",
              "max_iter", "var_floor"]
 )
 def test_bad_inputs_raise(paper_a, case):

@@ -241,6 +241,10 @@ def _run(spec: MoESpec, design: _Design, G0: MixingMeasure, tol, max_iter, var_f
     return _Path(G, ll, np.asarray(trace), it, converged, reason)
 
 
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def _check_starts(spec: MoESpec, k, starts) -> list[tuple[str, MixingMeasure]]:
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -277,9 +281,10 @@ def em_fit(
     Stops when the relative log-likelihood change is below `tol` (relative to max(|loglik|, 1)), or after
     `max_iter` iterations (converged False, reason "max_iter"); a NaN stops a start with a reason, never an
     exception. Start variances below `var_floor` are raised to it. The returned measure has its last atom's
-    (bias, gate) pinned at zero. `objective` is the total
-    log-likelihood (higher is better). EM draws nothing: `rng` is accepted for the fitters' common signature.
-    With trace=True the result carries `trace`, a list (one per start) of per-iteration log-likelihood arrays.
+    (bias, gate) pinned at zero; `objective` is its total log-likelihood (higher is better), n_iter the number
+    of EM iterations. EM draws nothing: `rng` is accepted for the fitters' common signature. With trace=True
+    the result carries `trace`, a list (one per start) of per-iteration log-likelihood arrays (entry i is the
+    log-likelihood after i iterations).
     """
     if spec.likelihood != "gaussian" or spec.gate != "softmax":
         raise ValueError(
@@ -291,11 +296,11 @@ def em_fit(
             f"em_fit needs experts linear in their parameters (linear, polynomial, constant), got "
             f"expert={spec.expert_name!r}"
         )
-    if not (np.isfinite(tol) and tol >= 0):
+    if not (_is_real(tol) and np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
     if not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
         raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
-    if not (np.isfinite(var_floor) and var_floor > 0):
+    if not (_is_real(var_floor) and np.isfinite(var_floor) and var_floor > 0):
         raise ValueError(f"var_floor must be a positive number, got {var_floor!r}")
     X, y = check_inputs(spec, X, y)
     starts = _check_starts(spec, k, starts)
