@@ -1,0 +1,79 @@
+"""Estimators: least squares (regression MoE) and EM (Gaussian MoE) behind one entry point, `fit`."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..measure import MixingMeasure, MoESpec
+from ..model import check_inputs, log_density
+from .gbar import ClosestMeasure, closest_measure
+from .init import INITS, TRUTH_FREE, initial_measures
+from .lse import lse_fit
+from .profile import Profile, profile
+from .result import FitResult, StartResult
+
+METHODS = ("lse", "em")
+BACKENDS = ("numpy",)
+DEFAULT_STARTS = {"lse": 5, "em": 1}
+
+__all__ = [
+    "INITS", "METHODS", "TRUTH_FREE", "ClosestMeasure", "FitResult", "Profile", "StartResult",
+    "closest_measure", "fit", "initial_measures", "profile",
+]
+
+
+def fit(
+    spec: MoESpec,
+    X,
+    y,
+    k: int,
+    method: str = "lse",
+    init="default",
+    n_starts: int | None = None,
+    rng=None,
+    G_true: MixingMeasure | None = None,
+    backend: str = "numpy",
+    init_options: dict | None = None,
+    **options,
+) -> FitResult:
+    """Fit a k-atom mixing measure to (X, y), best of several starts.
+
+    method: "lse" (least squares, regression MoE) or "em" (maximum likelihood, Gaussian MoE).
+    init: a strategy name of `INITS`, a list of them, or "default" (the truth-free strategies, plus
+    near_truth when G_true is given); n_starts starts per strategy (default 5 for lse, 1 for em).
+    init_options: keyword arguments of the strategies (near_truth: scale, power).
+    G_true: the truth, used by near_truth and to store the truth's objective on the same sample
+    (FitResult.truth_objective, worse_than_truth).
+    options: passed to the estimator (lse: bounds, ftol_n, gtol, max_iter, maxcor, screen, keep; em: tol, max_iter,
+    var_floor).
+    """
+    t0 = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not allowed; choose one of {', '.join(map(repr, METHODS))}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not allowed; choose one of {', '.join(map(repr, BACKENDS))}")
+    X, y = check_inputs(spec, X, y)
+    if G_true is not None:
+        spec.check_measure(G_true, "G_true")
+    unknown = set(init_options or {}) - {"scale", "power"}
+    if unknown:
+        raise ValueError(f"init_options has unknown keys {sorted(unknown)}; allowed: 'scale', 'power'")
+    rng = np.random.default_rng(rng)
+    starts = initial_measures(
+        spec, X, y, k, init, DEFAULT_STARTS[method] if n_starts is None else n_starts, rng, G_true,
+        **(init_options or {}),
+    )
+    if method == "lse":
+        result = lse_fit(spec, X, y, k, starts, G_true=G_true, rng=rng, **options)
+    else:
+        from .em import em_fit
+
+        result = em_fit(spec, X, y, k, starts, rng=rng, **options)
+        if G_true is not None:
+            result.truth_objective = float(np.sum(log_density(spec, G_true, X, y)))
+            margin = 1e-9 * abs(result.truth_objective)
+            result.worse_than_truth = bool(result.objective < result.truth_objective - margin)
+    result.runtime_s = time.perf_counter() - t0
+    return result

@@ -1,0 +1,147 @@
+"""G_bar, the target of sigmoid regime 2: the k-atom measure whose f_G is closest to f_G* in L2(mu).
+
+Computed by the least-squares machinery on a large noise-free design, inside a compact parameter space that
+excludes null atoms (THEORY.md s1): every weight sigmoid(c) >= weight_min, every expert's size (the largest
+slope coordinate of an affine expert, the largest coefficient otherwise) >= expert_min in absolute value,
+every parameter in [-param_max, param_max]. The expert-size bound is not a box, so each start keeps the sign
+of its largest coordinate and bounds that coordinate away from zero. G_bar then often lies on that boundary
+and depends on it: the result reports such atoms (`issues`) and warns.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from scipy.special import logit
+
+from ..measure import MixingMeasure, MoESpec
+from ..model import Features, forward
+from ..sample import draw_design
+from .init import initial_measures
+from .lse import lse_fit
+from .result import FitResult
+
+
+class DegenerateGBarWarning(UserWarning):
+    """G_bar has an atom on the boundary of the parameter space or an atom that contributes nothing."""
+
+
+@dataclass(frozen=True)
+class ClosestMeasure:
+    """G_bar with its excess L2(mu) risk mean((f_Gbar - f_G*)^2) on the design and its degeneracy report."""
+
+    measure: MixingMeasure
+    excess_risk: float
+    degenerate: bool
+    issues: tuple[str, ...]
+    fit: FitResult
+
+
+def _freeze(G: MixingMeasure) -> tuple:
+    return tuple(G.bias.tolist()), tuple(map(tuple, G.gate.tolist())), tuple(map(tuple, G.expert.tolist()))
+
+
+def _size_index(spec: MoESpec, expert: np.ndarray) -> np.ndarray:
+    """Per atom, the expert coordinate whose magnitude measures the expert's size."""
+    offset = 1 if spec.expert_family.affine and spec.p > 1 else 0
+    return offset + np.argmax(np.abs(expert[:, offset:]), axis=1)
+
+
+def _start_bounds(spec, G0, weight_min, expert_min, param_max):
+    k = G0.k
+    low = np.full(k * (1 + spec.q + spec.p), -param_max)
+    high = -low
+    low[:k] = max(logit(weight_min), -param_max)
+    cols = _size_index(spec, G0.expert)
+    flat = k * (1 + spec.q) + np.arange(k) * spec.p + cols
+    sign = np.sign(G0.expert[np.arange(k), cols])
+    sign[sign == 0] = 1.0
+    low[flat] = np.where(sign > 0, expert_min, -param_max)
+    high[flat] = np.where(sign > 0, param_max, -expert_min)
+    return low, high
+
+
+def _issues(spec, G, X, f_true, weight_min, expert_min, param_max, null_tol) -> list[str]:
+    issues = []
+    w = spec.weights(G.bias)
+    size = np.abs(G.expert[np.arange(G.k), _size_index(spec, G.expert)])
+    fw = forward(spec, G, Features.of(spec, X))
+    contribution = np.abs(fw.g * fw.h)
+    scale = max(float(np.std(f_true)), 1e-12)
+    for i in range(G.k):
+        if w[i] <= weight_min * (1 + 1e-6):
+            issues.append(f"atom {i}: weight {w[i]:.4g} at its lower bound weight_min={weight_min}")
+        if size[i] <= expert_min * (1 + 1e-6):
+            issues.append(f"atom {i}: expert size {size[i]:.4g} at its lower bound expert_min={expert_min}")
+        if np.any(np.abs(np.concatenate([G.gate[i], G.expert[i]])) >= param_max * (1 - 1e-6)):
+            issues.append(f"atom {i}: a parameter at the box edge param_max={param_max}")
+        if contribution[i].max() < null_tol * scale:
+            issues.append(f"atom {i}: null atom (max |g_i h_i| = {contribution[i].max():.3g} on the design)")
+    return issues
+
+
+@lru_cache(maxsize=64)
+def _closest(spec, frozen, k, design, n, box, rng, weight_min, expert_min, param_max, n_starts, null_tol):
+    G_true = MixingMeasure(*(np.array(b) for b in frozen))
+    X = draw_design(design, n, spec.d, rng, tuple(np.array(b) for b in box))
+    y = forward(spec, G_true, Features.of(spec, X)).f
+    starts = initial_measures(spec, X, y, k, ("near_truth", "kmeans", "random"), n_starts, rng, G_true)
+    best, records = None, []
+    for start in starts:
+        lim = _start_bounds(spec, start[1], weight_min, expert_min, param_max)
+        # Noise-free: the objective tends to zero, so the tolerance is absolute and at machine precision.
+        res = lse_fit(spec, X, y, k, [start], bounds=lim, ftol_n=0.0, gtol=1e-12, max_iter=20000, screen=None)
+        records += res.starts
+        if res.measure is not None and (best is None or res.objective < best.objective):
+            best = res
+    best.starts = records
+    issues = _issues(spec, best.measure, X, y, weight_min, expert_min, param_max, null_tol)
+    return ClosestMeasure(best.measure, best.objective / n, bool(issues), tuple(issues), best)
+
+
+def closest_measure(
+    spec: MoESpec,
+    G_true: MixingMeasure,
+    k: int,
+    design: str = "uniform",
+    n: int = 20000,
+    bounds=(-1.0, 1.0),
+    rng: int = 0,
+    weight_min: float = 0.05,
+    expert_min: float = 0.1,
+    param_max: float = 20.0,
+    n_starts: int = 3,
+    null_tol: float = 1e-3,
+) -> ClosestMeasure:
+    """G_bar for a sigmoid-gated regression MoE (cached per spec, truth, k and options).
+
+    design, n, bounds, rng: the noise-free design (rng an int seed, part of the cache key). weight_min,
+    expert_min, param_max: the compact parameter space (module docstring). n_starts starts per strategy
+    (near_truth, kmeans, random). null_tol: an atom whose |g_i h_i| stays below null_tol * sd(f_G*) on the
+    design is reported as null. Warns DegenerateGBarWarning when an atom is on the boundary or null.
+    """
+    if spec.gate != "sigmoid" or spec.likelihood != "regression":
+        raise ValueError(
+            f"closest_measure needs a sigmoid-gated regression MoE, got gate={spec.gate!r}, "
+            f"likelihood={spec.likelihood!r}"
+        )
+    spec.check_measure(G_true, "G_true")
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if not isinstance(rng, (int, np.integer)):
+        raise ValueError(f"rng must be an int seed (G_bar is cached per seed), got {type(rng).__name__}")
+    if not 0 < weight_min < 1:
+        raise ValueError(f"weight_min must be in (0, 1), got {weight_min!r}")
+    if not 0 <= expert_min < param_max:
+        raise ValueError(f"need 0 <= expert_min < param_max, got expert_min={expert_min!r}, param_max={param_max!r}")
+    box = tuple(tuple(np.atleast_1d(np.asarray(b, dtype=float)).tolist()) for b in bounds)
+    result = _closest(
+        spec, _freeze(G_true), int(k), design, int(n), box, int(rng),
+        float(weight_min), float(expert_min), float(param_max), int(n_starts), float(null_tol),
+    )
+    if result.degenerate:
+        warnings.warn("degenerate G_bar: " + "; ".join(result.issues), DegenerateGBarWarning, stacklevel=2)
+    return result

@@ -1,0 +1,200 @@
+"""Initialisation strategies for the multi-start estimators.
+
+Each strategy maps (spec, X, y, k, rng) to one k-atom starting measure. Starting measures of a Gaussian MoE
+carry variances (the residual variance of the start's regression function, or the truth's for near_truth).
+
+- ``near_truth`` (needs the truth): every true atom gets at least one fitted atom, the extra atoms go to true
+  atoms drawn at random, atoms sharing a true atom split its weight evenly, then every parameter gets Gaussian
+  noise of sd ``scale * n**-power`` (power 0 by default: n-independent noise; THEORY.md s4 warns that noise
+  shrinking with n can bias fitted slopes).
+- ``kmeans`` (truth-free): k-means on standardised (x, y), then per cluster a least-squares expert (through
+  the activation's linearisation for FFN experts) and a least-squares gate that scores the cluster's members.
+- ``random`` (truth-free): each expert interpolates p data points drawn at random (RANSAC-like, so its scale
+  follows the data), gates drawn at the scale of the gate features.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import logit
+
+from ..measure import MixingMeasure, MoESpec
+from ..model import Features, check_inputs, forward
+
+TRUTH_FREE = ("kmeans", "random")
+INITS = ("near_truth", *TRUTH_FREE)
+_GATE_LOGIT = 2.0  # target gate logit of a cluster's members (minus for non-members)
+_MAX_POINTS = 4000  # truth-free strategies look at a random subsample of at most this many points
+_RIDGE = 1e-8
+
+
+def _linearisation_point(spec: MoESpec) -> tuple[float, float, float]:
+    """(u0, act(u0), act'(u0)) at the candidate pre-activation where the activation is steepest."""
+    fam = spec.expert_family
+    cand = np.array([0.0, 0.5, 1.0, -0.5, -1.0])
+    slope = fam.derivative(cand)
+    i = int(np.argmax(slope))
+    return float(cand[i]), float(fam.activation(cand[i : i + 1])[0]), float(slope[i])
+
+
+def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Ridge-stabilised least squares of A x = b, A of shape (m, p)."""
+    return np.linalg.solve(A.T @ A + _RIDGE * np.eye(A.shape[1]), A.T @ b)
+
+
+def _expert_fit(spec: MoESpec, psi: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Expert parameters whose (linearised) expert fits y: psi (p, m), y (m,)."""
+    if spec.expert_family.linear_in_params:
+        return _solve(psi.T, y)
+    u0, a0, s0 = _linearisation_point(spec)
+    eta = _solve(psi.T, u0 + (y - a0) / s0)
+    return np.clip(eta, -10.0, 10.0)
+
+
+def _subsample(X: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    if len(y) <= _MAX_POINTS:
+        return X, y
+    idx = rng.choice(len(y), _MAX_POINTS, replace=False)
+    return X[idx], y[idx]
+
+
+def _kmeans_labels(Z: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 50) -> np.ndarray:
+    """Lloyd's algorithm with k-means++ seeding on the rows of Z."""
+    centres = [Z[rng.integers(len(Z))]]
+    for _ in range(1, k):
+        d2 = np.min(((Z[:, None, :] - np.array(centres)[None]) ** 2).sum(axis=2), axis=1)
+        total = d2.sum()
+        p = d2 / total if total > 0 else None
+        centres.append(Z[rng.choice(len(Z), p=p)])
+    centres = np.array(centres)
+    labels = np.full(len(Z), -1)
+    for _ in range(n_iter):
+        new = np.argmin(((Z[:, None, :] - centres[None]) ** 2).sum(axis=2), axis=1)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+        for j in range(k):
+            if np.any(labels == j):
+                centres[j] = Z[labels == j].mean(axis=0)
+    return labels
+
+
+def kmeans(spec: MoESpec, X: np.ndarray, y: np.ndarray, k: int, rng=None) -> MixingMeasure:
+    """k-means on standardised (x, y), then a least-squares expert and gate per cluster (truth-free)."""
+    rng = np.random.default_rng(rng)
+    Xs, ys = _subsample(X, y, rng)
+    Z = np.column_stack([Xs, ys])
+    Z = (Z - Z.mean(axis=0)) / np.where(Z.std(axis=0) > 0, Z.std(axis=0), 1.0)
+    labels = _kmeans_labels(Z, k, rng)
+    feats = Features.of(spec, Xs)
+    design = np.vstack([np.ones(len(ys)), feats.phi]).T
+    global_expert = _expert_fit(spec, feats.psi, ys)
+    bias, gate, expert = np.empty(k), np.empty((k, spec.q)), np.empty((k, spec.p))
+    for j in range(k):
+        member = labels == j
+        coef = _solve(design, np.where(member, _GATE_LOGIT, -_GATE_LOGIT))
+        bias[j], gate[j] = coef[0], coef[1:]
+        enough = member.sum() > 2 * spec.p
+        expert[j] = _expert_fit(spec, feats.psi[:, member], ys[member]) if enough else global_expert
+    return MixingMeasure(bias, gate, expert)
+
+
+def random(spec: MoESpec, X: np.ndarray, y: np.ndarray, k: int, rng=None) -> MixingMeasure:
+    """Experts through p random data points each, gates at the gate features' scale (truth-free)."""
+    rng = np.random.default_rng(rng)
+    Xs, ys = _subsample(X, y, rng)
+    feats = Features.of(spec, Xs)
+    expert = np.empty((k, spec.p))
+    for i in range(k):
+        idx = rng.choice(len(ys), min(spec.p, len(ys)), replace=False)
+        expert[i] = _expert_fit(spec, feats.psi[:, idx], ys[idx])
+    spread = feats.phi.std(axis=1)
+    gate = rng.normal(size=(k, spec.q)) * 2.0 / np.where(spread > 0, spread, 1.0)
+    bias = rng.normal(size=k) - gate @ feats.phi.mean(axis=1)
+    return MixingMeasure(bias, gate, expert)
+
+
+def near_truth(
+    spec: MoESpec, X: np.ndarray, y: np.ndarray, k: int, rng=None, G_true: MixingMeasure | None = None,
+    scale: float = 0.1, power: float = 0.0,
+) -> MixingMeasure:
+    """The truth with every true atom covered, weights split evenly within a cell, noise sd scale * n^-power.
+
+    With k < k* the start covers k true atoms drawn at random.
+    """
+    if G_true is None:
+        raise ValueError("init='near_truth' needs the true measure: pass G_true=...")
+    spec.check_measure(G_true, "G_true")
+    if not (np.isfinite(scale) and scale >= 0):
+        raise ValueError(f"scale must be a non-negative number, got {scale!r}")
+    if not np.isfinite(power):
+        raise ValueError(f"power must be a finite number, got {power!r}")
+    rng = np.random.default_rng(rng)
+    k_true = G_true.k
+    if k >= k_true:
+        owner = np.concatenate([np.arange(k_true), rng.integers(k_true, size=k - k_true)])
+    else:
+        owner = np.sort(rng.choice(k_true, k, replace=False))
+    share = np.bincount(owner, minlength=k_true)[owner]
+    w = spec.weights(G_true.bias[owner]) / share
+    bias = np.log(w) if spec.gate == "softmax" else logit(w)
+    sd = scale * float(len(y)) ** -power
+    var = None
+    if spec.likelihood == "gaussian":
+        var = G_true.var[owner] * np.exp(sd * rng.normal(size=k))
+    return MixingMeasure(
+        bias + sd * rng.normal(size=k),
+        G_true.gate[owner] + sd * rng.normal(size=(k, spec.q)),
+        G_true.expert[owner] + sd * rng.normal(size=(k, spec.p)),
+        var,
+    )
+
+
+_STRATEGIES = {"near_truth": near_truth, "kmeans": kmeans, "random": random}
+
+
+def _with_variance(spec: MoESpec, G: MixingMeasure, X: np.ndarray, y: np.ndarray) -> MixingMeasure:
+    """Attach the residual variance of G's regression function (floored) to every atom."""
+    f = forward(spec, G, Features.of(spec, X)).f
+    var = max(float(np.mean((y - f) ** 2)), 1e-3 * float(np.var(y)), 1e-12)
+    return MixingMeasure(G.bias, G.gate, G.expert, np.full(G.k, var))
+
+
+def resolve_init(init, G_true: MixingMeasure | None) -> tuple[str, ...]:
+    """Strategy names from `init`: a name, a sequence of names, or "default" (truth-free, plus near_truth
+    when the truth is given)."""
+    names = (init,) if isinstance(init, str) else tuple(init)
+    if names == ("default",):
+        return TRUTH_FREE + (("near_truth",) if G_true is not None else ())
+    bad = [name for name in names if name not in INITS]
+    if bad or not names:
+        raise ValueError(f"init={init!r} is not allowed; choose 'default' or any of {', '.join(map(repr, INITS))}")
+    return names
+
+
+def initial_measures(
+    spec: MoESpec, X, y, k: int, init="default", n_starts: int = 2, rng=None,
+    G_true: MixingMeasure | None = None, scale: float = 0.1, power: float = 0.0,
+) -> list[tuple[str, MixingMeasure]]:
+    """`n_starts` starting measures per strategy of `init`, as (strategy name, measure) pairs.
+
+    scale and power set the near_truth noise sd, scale * n^-power. Deterministic for a seed.
+    """
+    X, y = check_inputs(spec, X, y)
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
+        raise ValueError(f"n_starts must be a positive integer, got {n_starts!r}")
+    names = resolve_init(init, G_true)
+    rng = np.random.default_rng(rng)
+    starts = []
+    for name in names:
+        for _ in range(n_starts):
+            if name == "near_truth":
+                G = near_truth(spec, X, y, k, rng, G_true=G_true, scale=scale, power=power)
+            else:
+                G = _STRATEGIES[name](spec, X, y, k, rng)
+            if spec.likelihood == "gaussian" and G.var is None:
+                G = _with_variance(spec, G, X, y)
+            starts.append((name, G))
+    return starts

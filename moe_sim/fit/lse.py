@@ -1,0 +1,194 @@
+"""Least squares for the regression MoE: multi-start L-BFGS-B on the analytic gradient.
+
+The optimiser minimises F = RSS / (2 n var(y)), so F is O(1) whatever n and the scale of y, and the stopping
+rule can be n-aware: a local optimum differs from the global one by about sigma^2 / n per sample, so the
+relative-decrease tolerance is ftol = ftol_n / n (ftol_n = 1e-6 by default, floored at 1e-15) and the
+projected-gradient tolerance is tiny (gtol = 1e-10). scipy's defaults (ftol 2.2e-9, 15000 iterations) stop
+after 15 to 25 iterations, often above the truth's objective (THEORY.md s6).
+
+Box bounds stop runaway fits (saturated tanh experts, cancelling linear experts): `bounds` is None
+(unconstrained: the estimator the theory studies), a number B (every parameter in [-B, B]), a dict
+{block: (low, high)} over the blocks "bias", "gate", "expert" (missing blocks unconstrained), or a pair
+(lower, upper) of arrays in `MixingMeasure.to_vector` layout (what `closest_measure` uses). Starts are
+clipped into the box.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
+
+from ..measure import MixingMeasure, MoESpec
+from ..model import Features, check_inputs, forward, regression_vjp
+from .result import FitResult, StartResult
+
+_BLOCKS = ("bias", "gate", "expert")
+
+
+class RSSObjective:
+    """The scaled residual sum of squares and its gradient, over features chunked once per data set."""
+
+    def __init__(self, spec: MoESpec, X: np.ndarray, y: np.ndarray, k: int):
+        self.spec, self.k, self.n = spec, k, len(y)
+        self.parts = [(part, y[s]) for s, part in Features.of(spec, X).chunks()]
+        self.scale = 1.0 / (self.n * max(float(np.var(y)), 1e-12))
+
+    def measure(self, theta: np.ndarray) -> MixingMeasure:
+        return MixingMeasure.from_vector(theta, self.k, self.spec.q, self.spec.p)
+
+    def rss(self, G: MixingMeasure) -> float:
+        """Residual sum of squares of G on the sample."""
+        return float(sum(np.sum((y - forward(self.spec, G, part).f) ** 2) for part, y in self.parts))
+
+    def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """F(theta) = RSS / (2 n var(y)) and its gradient; (inf, 0) where the parameters are not finite."""
+        if not np.all(np.isfinite(theta)):
+            return np.inf, np.zeros_like(theta)
+        G = self.measure(theta)
+        total, grad = 0.0, {b: 0.0 for b in _BLOCKS}
+        with np.errstate(all="ignore"):
+            for part, y in self.parts:
+                fw = forward(self.spec, G, part)
+                r = y - fw.f
+                total += r @ r
+                for b, v in regression_vjp(self.spec, G, part, fw, -r).items():
+                    grad[b] = grad[b] + v
+        g = np.concatenate([np.ravel(grad[b]) for b in _BLOCKS]) * self.scale
+        value = 0.5 * total * self.scale
+        if not (np.isfinite(value) and np.all(np.isfinite(g))):
+            return np.inf, np.zeros_like(theta)
+        return value, g
+
+
+def box(spec: MoESpec, k: int, bounds) -> tuple[np.ndarray, np.ndarray] | None:
+    """The (lower, upper) arrays of a `bounds` argument, in to_vector layout; None when unconstrained."""
+    if bounds is None:
+        return None
+    size = {"bias": k, "gate": k * spec.q, "expert": k * spec.p}
+    total = sum(size.values())
+    if isinstance(bounds, dict):
+        unknown = set(bounds) - set(_BLOCKS)
+        if unknown:
+            raise ValueError(f"bounds has unknown blocks {sorted(unknown)}; allowed: {', '.join(_BLOCKS)}")
+        pairs = [np.broadcast_to(np.asarray(bounds.get(b, (-np.inf, np.inf)), float), (2,)) for b in _BLOCKS]
+        low = np.concatenate([np.full(size[b], lo) for b, (lo, _) in zip(_BLOCKS, pairs)])
+        high = np.concatenate([np.full(size[b], hi) for b, (_, hi) in zip(_BLOCKS, pairs)])
+    elif np.isscalar(bounds):
+        if not bounds > 0:
+            raise ValueError(f"bounds must be positive when a number, got {bounds!r}")
+        low, high = np.full(total, -float(bounds)), np.full(total, float(bounds))
+    else:
+        low, high = (np.broadcast_to(np.asarray(b, dtype=float), (total,)).copy() for b in bounds)
+    if np.any(np.isnan(low)) or np.any(np.isnan(high)) or np.any(low > high):
+        raise ValueError(f"bounds must satisfy low <= high everywhere, got {bounds!r}")
+    return low, high
+
+
+def _reason(res) -> tuple[bool, str]:
+    if not np.isfinite(res.fun):
+        return False, "non-finite objective (NaN or overflow)"
+    if res.status == 1:
+        return False, f"hit the iteration cap ({res.nit} iterations, {res.nfev} evaluations)"
+    if res.status == 0:
+        return True, ""
+    # status 2: the line search cannot decrease F further: converged to machine precision.
+    return True, f"stopped at machine precision: {res.message}"
+
+
+def _distinct_best(values: list[float], keep: int) -> list[int]:
+    """Indices of the `keep` lowest finite values, preferring distinct optima (1e-7 relative apart)."""
+    order = [i for i in np.argsort(values, kind="stable") if np.isfinite(values[i])]
+    distinct = [i for j, i in enumerate(order) if j == 0 or values[i] > values[order[j - 1]] * (1 + 1e-7)]
+    chosen = distinct[:keep]
+    chosen += [i for i in order if i not in chosen][: keep - len(chosen)]
+    return sorted(chosen)
+
+
+def _minimise(obj: RSSObjective, theta0: np.ndarray, lim, ftol_n: float, gtol: float, max_iter: int,
+              maxcor: int):
+    """One L-BFGS-B run with the n-aware tolerance."""
+    options = {"ftol": max(ftol_n / obj.n, 1e-15), "gtol": gtol, "maxiter": max_iter, "maxfun": 2 * max_iter,
+               "maxcor": maxcor}
+    return minimize(obj, theta0, jac=True, method="L-BFGS-B", options=options,
+                    bounds=None if lim is None else list(zip(*lim)))
+
+
+def lse_fit(
+    spec: MoESpec,
+    X,
+    y,
+    k: int,
+    starts: list[tuple[str, MixingMeasure]],
+    G_true: MixingMeasure | None = None,
+    bounds=None,
+    ftol_n: float = 1e-6,
+    gtol: float = 1e-10,
+    max_iter: int = 5000,
+    maxcor: int = 20,
+    screen: int | None = 2000,
+    keep: int = 3,
+    rng=None,
+) -> FitResult:
+    """Least-squares fit from each start, keeping the lowest residual sum of squares.
+
+    Screening: when n > screen and there are more than `keep` starts, every start is first fitted on a random
+    subsample of `screen` points and only the `keep` best distinct optima are polished on the full sample (the others are
+    recorded with their full-sample RSS and reason "screened out"); screen=None fits every start in full.
+    objective is the RSS of the best start; truth_objective the RSS of G_true on the same sample (when
+    given) and worse_than_truth flags a fit whose RSS exceeds it by more than a 1e-9 relative margin (a
+    local optimum). A start that hits `max_iter` or ends non-finite is kept with converged=False and a reason.
+    """
+    t0 = time.perf_counter()
+    X, y = check_inputs(spec, X, y)
+    if spec.likelihood != "regression":
+        raise ValueError(f"least squares needs likelihood='regression', got {spec.likelihood!r}")
+    if not starts:
+        raise ValueError("starts is empty: least squares needs at least one starting measure")
+    for name, G in starts:
+        spec.check_measure(G, f"start {name!r}")
+        if G.k != k:
+            raise ValueError(f"start {name!r} has {G.k} atoms, k={k}")
+    if not isinstance(keep, (int, np.integer)) or keep < 1:
+        raise ValueError(f"keep must be a positive integer, got {keep!r}")
+    lim = box(spec, k, bounds)
+    size = k * (1 + spec.q + spec.p)
+    thetas = [G.to_vector()[:size] for _, G in starts]
+    if lim is not None:
+        thetas = [np.clip(theta, *lim) for theta in thetas]
+    names = [name for name, _ in starts]
+    prior_iter = [0] * len(starts)
+    obj = RSSObjective(spec, X, y, k)
+    records: list[StartResult | None] = [None] * len(starts)
+    with threadpool_limits(limits=1, user_api="blas"):
+        polish = range(len(starts))
+        if screen is not None and obj.n > screen and len(starts) > keep:
+            idx = np.random.default_rng(rng).choice(obj.n, screen, replace=False)
+            sub = RSSObjective(spec, X[idx], y[idx], k)
+            pre = [_minimise(sub, theta, lim, ftol_n, gtol, max_iter, maxcor) for theta in thetas]
+            polish = _distinct_best([r.fun for r in pre], keep)
+            for i in sorted(set(range(len(starts))) - set(polish)):
+                rss = obj.rss(obj.measure(pre[i].x)) if np.all(np.isfinite(pre[i].x)) else np.nan
+                records[i] = StartResult(names[i], rss, int(pre[i].nit), False, f"screened out on {screen} points")
+            for i in polish:
+                thetas[i], prior_iter[i] = pre[i].x, int(pre[i].nit)
+        best = None
+        for i in polish:
+            res = _minimise(obj, thetas[i], lim, ftol_n, gtol, max_iter, maxcor)
+            ok, why = _reason(res)
+            rss = 2.0 * res.fun / obj.scale if np.isfinite(res.fun) else np.nan
+            records[i] = StartResult(names[i], rss, prior_iter[i] + int(res.nit), ok, why)
+            if np.isfinite(rss) and (best is None or rss < best[0]):
+                best = (rss, res, ok, why, records[i].n_iter)
+        truth = None if G_true is None else obj.rss(spec.check_measure(G_true, "G_true"))
+    runtime = time.perf_counter() - t0
+    if best is None:
+        return FitResult(None, np.nan, sum(r.n_iter for r in records), False, runtime, "lse",
+                         "every start ended with a non-finite objective", records, truth)
+    rss, res, ok, why, n_iter = best
+    result = FitResult(obj.measure(res.x), rss, n_iter, ok, runtime, "lse", why, records, truth)
+    if truth is not None:
+        result.worse_than_truth = bool(rss > truth * (1 + 1e-9))
+    return result
