@@ -1,0 +1,104 @@
+"""Initialisation strategies."""
+
+import numpy as np
+import pytest
+
+import moe_sim as ms
+from moe_sim.fit.init import INITS, initial_measures, near_truth, resolve_init
+
+SPEC = ms.MoESpec(gate="softmax", expert="tanh")
+G = ms.MixingMeasure(bias=[0.0, 0.5, -0.5], gate=[[3.0], [0.0], [-2.0]],
+                     expert=[[0.5, 2.0], [-0.5, -1.0], [1.0, 0.5]])
+
+
+@pytest.fixture
+def data():
+    return ms.sample(SPEC, G, 600, rng=0, noise_sd=0.1)
+
+
+@pytest.mark.parametrize("init", INITS)
+def test_strategies_are_deterministic_for_a_seed(data, init):
+    X, y = data
+    a = initial_measures(SPEC, X, y, 4, init, 3, rng=11, G_true=G)
+    b = initial_measures(SPEC, X, y, 4, init, 3, rng=11, G_true=G)
+    c = initial_measures(SPEC, X, y, 4, init, 3, rng=12, G_true=G)
+    assert [name for name, _ in a] == [init] * 3
+    for (_, Ga), (_, Gb) in zip(a, b):
+        np.testing.assert_array_equal(Ga.to_vector(), Gb.to_vector())
+    assert not np.array_equal(a[0][1].to_vector(), c[0][1].to_vector())
+    assert not np.array_equal(a[0][1].to_vector(), a[1][1].to_vector())  # starts differ within a call
+
+
+@pytest.mark.parametrize("gate", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("k", [3, 4, 6])
+def test_near_truth_covers_every_true_atom_and_splits_weights(data, gate, k):
+    X, y = data
+    spec = ms.MoESpec(gate=gate, expert="tanh")
+    for seed in range(5):
+        start = near_truth(spec, X, y, k, rng=seed, G_true=G, scale=0.0)
+        rows = np.hstack([start.gate, start.expert])
+        true_rows = np.hstack([G.gate, G.expert])
+        owner = [int(np.flatnonzero((true_rows == row).all(axis=1))[0]) for row in rows]
+        assert sorted(set(owner)) == [0, 1, 2]
+        w = spec.weights(start.bias)
+        cell_weight = np.bincount(owner, weights=w, minlength=3)
+        np.testing.assert_allclose(cell_weight, spec.weights(G.bias), rtol=1e-12)
+
+
+def test_near_truth_noise_scales_with_n_power(data):
+    X, y = data
+    n = len(y)
+    draws = [near_truth(SPEC, X, y, 3, rng=s, G_true=G, scale=0.5, power=0.5).gate - G.gate for s in range(200)]
+    np.testing.assert_allclose(np.std(draws), 0.5 * n**-0.5, rtol=0.15)  # 600 draws: sd known to ~3%
+
+
+def test_near_truth_undercovered_with_fewer_atoms(data):
+    X, y = data
+    start = near_truth(SPEC, X, y, 2, rng=0, G_true=G, scale=0.0)
+    assert start.k == 2 and len({tuple(r) for r in start.expert}) == 2
+
+
+@pytest.mark.parametrize("init", ["kmeans", "random"])
+def test_truth_free_strategies_ignore_the_truth(data, init):
+    X, y = data
+    with_truth = initial_measures(SPEC, X, y, 3, init, 2, rng=3, G_true=G)
+    without = initial_measures(SPEC, X, y, 3, init, 2, rng=3)
+    for (_, a), (_, b) in zip(with_truth, without):
+        np.testing.assert_array_equal(a.to_vector(), b.to_vector())
+
+
+def test_kmeans_experts_and_gates_follow_the_clusters():
+    spec = ms.MoESpec(gate="softmax", expert="linear")
+    truth = ms.MixingMeasure(bias=[0.0, 0.0], gate=[[200.0], [0.0]], expert=[[3.0, 1.0], [-3.0, -1.0]])
+    X, y = ms.sample(spec, truth, 2000, rng=4, noise_sd=0.05)
+    (_, start), = initial_measures(spec, X, y, 2, "kmeans", 1, rng=4)
+    order = np.argsort(start.expert[:, 0])[::-1]  # the atom with the positive intercept first
+    np.testing.assert_allclose(start.expert[order], truth.expert, atol=0.5)  # boundary points pull the lines
+    assert start.gate[order[0], 0] > start.gate[order[1], 0]  # and its gate favours x > 0
+
+
+def test_gaussian_starts_carry_variances(paper_a):
+    spec, truth = paper_a
+    X, y = ms.sample(spec, truth, 500, rng=5, design="equispaced", bounds=(0.0, 1.0))
+    for name, start in initial_measures(spec, X, y, 3, "default", 1, rng=5, G_true=truth):
+        assert start.var is not None and np.all(start.var > 0), name
+
+
+def test_resolve_init():
+    assert resolve_init("default", None) == ("kmeans", "random")
+    assert resolve_init("default", G) == ("kmeans", "random", "near_truth")
+    assert resolve_init(["random", "near_truth"], G) == ("random", "near_truth")
+    with pytest.raises(ValueError, match="init='grid' is not allowed; choose 'default' or any of"):
+        resolve_init("grid", None)
+    with pytest.raises(ValueError, match="not allowed"):
+        resolve_init([], None)
+
+
+def test_near_truth_bad_arguments(data):
+    X, y = data
+    with pytest.raises(ValueError, match="needs the true measure"):
+        near_truth(SPEC, X, y, 3, rng=0)
+    with pytest.raises(ValueError, match="scale must be a non-negative number"):
+        near_truth(SPEC, X, y, 3, rng=0, G_true=G, scale=-1.0)
+    with pytest.raises(ValueError, match="k must be a positive integer"):
+        initial_measures(SPEC, X, y, 0, "random")

@@ -1,0 +1,191 @@
+"""Least squares, the `fit` entry point and G_bar."""
+
+import numpy as np
+import pytest
+
+import moe_sim as ms
+from moe_sim.fit import closest_measure, fit
+from moe_sim.fit.gbar import DegenerateGBarWarning
+from moe_sim.fit.init import initial_measures
+from moe_sim.fit.lse import RSSObjective, lse_fit
+
+# A well-conditioned sigmoid tanh-expert truth (regime 2, k* = 2) on X in [-3, 3]: its asymptotic standard
+# errors at n = 1e5, sigma = 0.1 sum to about 0.2 (the conftest truth on [-1, 1] has standard errors of
+# order 1 at that n: its f is almost matched by very different parameters).
+TANH = ms.MoESpec(gate="sigmoid", expert="tanh")
+G_TANH = ms.MixingMeasure(bias=[1.0, -0.5], gate=[[-1.2], [-1.5]], expert=[[1.0, -1.3], [-1.7, -0.4]])
+BOX = (-3.0, 3.0)
+
+
+def asymptotic_sd(spec, G, X, sigma):
+    """Per-parameter asymptotic sd of least squares, sigma sqrt(diag((J^T J)^-1)), to_vector layout."""
+    g = ms.regression_gradient(spec, G, X)
+    n = X.shape[0]
+    J = np.hstack([g["bias"].T, g["gate"].transpose(2, 0, 1).reshape(n, -1),
+                   g["expert"].transpose(2, 0, 1).reshape(n, -1)])
+    return sigma * np.sqrt(np.diag(np.linalg.inv(J.T @ J)))
+
+
+def test_gradient_matches_finite_differences():
+    X, y = ms.sample(TANH, G_TANH, 300, rng=0, noise_sd=0.1, bounds=BOX)
+    obj = RSSObjective(TANH, X, y, 2)
+    theta = G_TANH.to_vector() + 0.1
+    _, grad = obj(theta)
+    eps = 1e-6
+    fd = [(obj(theta + eps * e)[0] - obj(theta - eps * e)[0]) / (2 * eps) for e in np.eye(theta.size)]
+    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-9)
+
+
+def test_recovers_exactly_specified_sigmoid_tanh_model():
+    n, sigma = 5000, 0.01
+    X, y = ms.sample(TANH, G_TANH, n, rng=1, noise_sd=sigma, bounds=BOX)
+    result = fit(TANH, X, y, 2, rng=1, G_true=G_TANH)
+    assert result.converged and not result.worse_than_truth
+    loss = ms.voronoi_loss(TANH, result.measure, G_TANH)
+    # D3 sums absolute errors: a few asymptotic sds of every parameter.
+    assert loss < 4 * asymptotic_sd(TANH, G_TANH, X, sigma).sum()
+
+
+@pytest.mark.slow
+def test_truth_free_starts_reach_the_truth_at_large_n():
+    n, sigma = 100_000, 0.01
+    X, y = ms.sample(TANH, G_TANH, n, rng=2, noise_sd=sigma, bounds=BOX)
+    result = fit(TANH, X, y, 2, init=("kmeans", "random"), n_starts=8, rng=2, G_true=G_TANH)
+    assert not result.worse_than_truth
+    assert ms.voronoi_loss(TANH, result.measure, G_TANH) < 0.05
+
+
+@pytest.mark.parametrize("expert,k", [("tanh", 3), ("relu", 3), ("linear", 2)])
+def test_objective_no_worse_than_truth_over_seeds(expert, k):
+    spec = ms.MoESpec(gate="softmax", expert=expert)
+    G = ms.MixingMeasure(bias=[0.0, 0.0], gate=[[3.0], [0.0]], expert=[[0.5, 2.0], [-0.5, -1.0]])
+    for seed in range(6):
+        X, y = ms.sample(spec, G, 400, rng=seed, noise_sd=0.2)
+        result = fit(spec, X, y, k, rng=seed, G_true=G)
+        assert result.truth_objective == pytest.approx(np.sum((y - ms.regression_function(spec, G, X)) ** 2))
+        assert not result.worse_than_truth, (seed, result.objective, result.truth_objective)
+
+
+def test_result_diagnostics_and_reproducibility():
+    X, y = ms.sample(TANH, G_TANH, 500, rng=3, noise_sd=0.1, bounds=BOX)
+    a = fit(TANH, X, y, 2, n_starts=2, rng=3)
+    b = fit(TANH, X, y, 2, n_starts=2, rng=3)
+    np.testing.assert_array_equal(a.measure.to_vector(), b.measure.to_vector())
+    assert [s.init for s in a.starts] == ["kmeans", "kmeans", "random", "random"]
+    assert a.objective == min(s.objective for s in a.starts)
+    assert a.method == "lse" and a.runtime_s > 0 and a.n_iter > 0
+    assert a.truth_objective is None and a.worse_than_truth is None
+
+
+def test_screening_polishes_only_the_best_starts():
+    X, y = ms.sample(TANH, G_TANH, 3000, rng=4, noise_sd=0.1, bounds=BOX)
+    result = fit(TANH, X, y, 2, n_starts=3, rng=4, screen=1000, keep=2)
+    screened = [s for s in result.starts if s.reason.startswith("screened out")]
+    assert len(screened) == len(result.starts) - 2
+    assert all(s.objective >= result.objective for s in result.starts)
+
+
+def test_bounds_keep_parameters_in_the_box():
+    X, y = ms.sample(TANH, G_TANH, 500, rng=5, noise_sd=0.1, bounds=BOX)
+    result = fit(TANH, X, y, 2, rng=5, bounds=1.0)
+    assert np.all(np.abs(result.measure.to_vector()) <= 1.0)
+    result = fit(TANH, X, y, 2, rng=5, bounds={"gate": (-0.5, 0.5)})
+    assert np.all(np.abs(result.measure.gate) <= 0.5)
+    with pytest.raises(ValueError, match="bounds has unknown blocks"):
+        fit(TANH, X, y, 2, rng=5, bounds={"weight": (0, 1)})
+    with pytest.raises(ValueError, match="low <= high"):
+        fit(TANH, X, y, 2, rng=5, bounds={"gate": (1, -1)})
+
+
+def test_iteration_cap_returns_unconverged_fit():
+    X, y = ms.sample(TANH, G_TANH, 500, rng=6, noise_sd=0.1, bounds=BOX)
+    result = fit(TANH, X, y, 2, rng=6, max_iter=2)
+    assert not result.converged
+    assert "iteration cap" in result.reason
+    assert all(not s.converged for s in result.starts)
+
+
+def test_non_finite_fit_returns_unconverged_result():
+    spec = ms.MoESpec(gate="softmax", expert="polynomial", degree=8)
+    X = np.array([-10.0, 10.0, 1.0, 2.0])
+    y = np.array([0.0, 1.0, 0.0, 1.0])
+    start = ms.MixingMeasure(bias=[0.0, 0.0], gate=[[1.0], [-1.0]], expert=np.full((2, 9), 1e300))
+    result = lse_fit(spec, X, y, 2, [("manual", start)])
+    assert not result.converged
+    assert result.measure is None and np.isnan(result.objective)
+    assert "non-finite" in result.reason and "non-finite" in result.starts[0].reason
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"k": 0}, "k must be a positive integer"),
+        ({"method": "newton"}, "method='newton' is not allowed"),
+        ({"init": "spectral"}, "init='spectral' is not allowed.*'kmeans'"),
+        ({"backend": "jax"}, "backend='jax' is not allowed"),
+        ({"init_options": {"sd": 1}}, "init_options has unknown keys"),
+        ({"n_starts": 0}, "n_starts must be a positive integer"),
+        ({"init": "near_truth"}, "needs the true measure"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    X, y = ms.sample(TANH, G_TANH, 50, rng=0)
+    args = {"k": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        fit(TANH, X, y, **args)
+
+
+def test_bad_data_raise():
+    X, y = ms.sample(TANH, G_TANH, 50, rng=0)
+    with pytest.raises(ValueError, match="y must have shape"):
+        fit(TANH, X, y[:-1], 2)
+    with pytest.raises(ValueError, match="X contains NaN"):
+        fit(TANH, np.where(np.arange(50)[:, None] == 3, np.nan, X), y, 2)
+    with pytest.raises(ValueError, match="y contains NaN"):
+        fit(TANH, X, np.where(np.arange(50) == 3, np.nan, y), 2)
+    with pytest.raises(ValueError, match="least squares needs likelihood='regression'"):
+        gauss = ms.MoESpec(likelihood="gaussian")
+        G = ms.MixingMeasure([0.0], [[0.0]], [[0.0, 1.0]], [1.0])
+        lse_fit(gauss, X, y, 1, [("s", G)])
+    with pytest.raises(ValueError, match="has 1 atoms, k=2"):
+        lse_fit(TANH, X, y, 2, [("s", G_TANH.subset([0]))])
+
+
+def test_em_method_builds_gaussian_starts(paper_a):
+    spec, G = paper_a
+    X, y = ms.sample(spec, G, 2000, rng=7, design="equispaced", bounds=(0.0, 1.0))
+    result = fit(spec, X, y, 2, method="em", rng=7, G_true=G)
+    assert result.method == "em" and result.measure.var is not None
+    assert result.truth_objective == pytest.approx(np.sum(ms.log_density(spec, G, X, y)))
+    assert not result.worse_than_truth
+
+
+def test_closest_measure_is_the_truth_when_k_equals_k_star():
+    gbar = closest_measure(TANH, G_TANH, 2, n=4000, bounds=BOX, rng=0)
+    assert not gbar.degenerate and gbar.excess_risk < 1e-12
+    assert ms.voronoi_loss(TANH, gbar.measure, G_TANH, kind="D3") < 1e-4
+    assert closest_measure(TANH, G_TANH, 2, n=4000, bounds=BOX, rng=0) is gbar  # cached
+
+
+def test_closest_measure_flags_an_atom_on_the_boundary():
+    G = ms.MixingMeasure(bias=[0.5, -0.5], gate=[[3.0], [-2.0]], expert=[[0.5, 3.0], [-0.5, -2.0]])
+    with pytest.warns(DegenerateGBarWarning, match="at its lower bound"):
+        gbar = closest_measure(TANH, G, 3, n=2000, n_starts=1, rng=0)
+    assert gbar.degenerate and gbar.measure.k == 3
+    assert gbar.excess_risk < 1e-3 * np.var(ms.regression_function(TANH, G, np.linspace(-1, 1, 100)))
+
+
+def test_closest_measure_bad_arguments():
+    with pytest.raises(ValueError, match="sigmoid-gated regression"):
+        closest_measure(ms.MoESpec(gate="softmax", expert="tanh"), G_TANH, 2)
+    with pytest.raises(ValueError, match="rng must be an int seed"):
+        closest_measure(TANH, G_TANH, 2, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="weight_min"):
+        closest_measure(TANH, G_TANH, 2, weight_min=0.0)
+
+
+def test_initial_measures_shared_with_fit():
+    X, y = ms.sample(TANH, G_TANH, 200, rng=8)
+    starts = initial_measures(TANH, X, y, 2, "random", 2, rng=8)
+    result = lse_fit(TANH, X, y, 2, starts)
+    assert len(result.starts) == 2
