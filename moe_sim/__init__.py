@@ -1,5 +1,6 @@
 """moe-sim: a simulator for the convergence rates of softmax- and sigmoid-gated mixtures of experts."""
 
+from .conditioning import asymptotic_sd
 from .families import EXPERTS, ExpertFamily, register_expert
 from .fit import INITS, closest_measure, fit, profile
 from .measure import MixingMeasure, MoESpec
@@ -16,6 +17,7 @@ __all__ = [
     "INITS",
     "MixingMeasure",
     "MoESpec",
+    "asymptotic_sd",
     "closest_measure",
     "draw_design",
     "fit",

@@ -18,7 +18,11 @@ def paper_a():
 
 @pytest.fixture
 def sigmoid_tanh():
-    """A sigmoid-gated tanh-expert regression model, d = 1, k* = 2 (regime 2: both scores non-zero)."""
+    """A sigmoid-gated tanh-expert regression model, d = 1, k* = 2 (regime 2: both scores non-zero).
+
+    Ill-conditioned on [-1, 1] (asymptotic sds of order 10 at n = 1000, sigma = 0.1: see
+    test_conditioning): use it for shapes and invariants, not for recovery.
+    """
     spec = ms.MoESpec(gate="sigmoid", score="linear", expert="tanh", d=1)
     G = ms.MixingMeasure(bias=[0.5, -0.5], gate=[[3.0], [-2.0]], expert=[[0.2, 2.0], [-0.5, -1.5]])
     return spec, G
