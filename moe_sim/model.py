@@ -77,16 +77,21 @@ class Forward:
     f: Array  # regression function (n,)
 
 
-def forward(spec: MoESpec, G: MixingMeasure, feats: Features) -> Forward:
+def _logits_and_experts(spec: MoESpec, G: MixingMeasure, feats: Features) -> tuple[Array, Array, Array]:
+    """Gate logits z, expert pre-activations u and expert values h, all (k, n)."""
     z = G.gate @ feats.phi
     z += G.bias[:, None]
+    u = G.expert @ feats.psi
+    return z, u, spec.expert_family.activation(u)
+
+
+def forward(spec: MoESpec, G: MixingMeasure, feats: Features) -> Forward:
+    z, u, h = _logits_and_experts(spec, G, feats)
     if spec.gate == "softmax":
         g = np.exp(z - z.max(axis=0))
         g /= g.sum(axis=0)
     else:
         g = expit(z)
-    u = G.expert @ feats.psi
-    h = spec.expert_family.activation(u)
     f = np.einsum("kn,kn->n", g, h)
     return Forward(z, g, u, h, f)
 
@@ -130,11 +135,16 @@ def regression_vjp(spec: MoESpec, G: MixingMeasure, feats: Features, fw: Forward
     return {"bias": dz.sum(axis=1), "gate": dz @ feats.phi.T, "expert": du @ feats.psi.T}
 
 
-def _log_joint(spec: MoESpec, G: MixingMeasure, fw: Forward, y: Array) -> Array:
-    """log g_i(x) + log N(y; h_i(x), nu_i), shape (k, n)."""
-    log_gate = fw.z - _logsumexp0(fw.z)
-    resid = y[None, :] - fw.h
-    return log_gate - 0.5 * (_LOG_2PI + np.log(G.var)[:, None] + resid**2 / G.var[:, None])
+def _log_joint(G: MixingMeasure, z: Array, h: Array, y: Array) -> Array:
+    """log g_i(x) + log N(y; h_i(x), nu_i) for softmax gates with logits z, shape (k, n)."""
+    resid = y[None, :] - h
+    log_joint = resid * resid
+    log_joint /= G.var[:, None]
+    log_joint += (_LOG_2PI + np.log(G.var))[:, None]
+    log_joint *= -0.5
+    log_joint += z
+    log_joint -= _logsumexp0(z)
+    return log_joint
 
 
 def _logsumexp0(a: Array) -> Array:
@@ -146,8 +156,8 @@ def log_density(spec: MoESpec, G: MixingMeasure, X, y) -> Array:
     """Gaussian MoE conditional log-density log p_G(y | x) at each sample: shape (n,)."""
     X, y = check_inputs(spec, X, y)
     _check_gaussian(spec, G)
-    fw = forward(spec, G, Features.of(spec, X))
-    return _logsumexp0(_log_joint(spec, G, fw, y))
+    z, _, h = _logits_and_experts(spec, G, Features.of(spec, X))
+    return _logsumexp0(_log_joint(G, z, h, y))
 
 
 def log_density_gradient(spec: MoESpec, G: MixingMeasure, X, y) -> dict[str, Array]:
@@ -156,7 +166,7 @@ def log_density_gradient(spec: MoESpec, G: MixingMeasure, X, y) -> dict[str, Arr
     _check_gaussian(spec, G)
     feats = Features.of(spec, X)
     fw = forward(spec, G, feats)
-    log_joint = _log_joint(spec, G, fw, y)
+    log_joint = _log_joint(G, fw.z, fw.h, y)
     resp = np.exp(log_joint - _logsumexp0(log_joint))
     dz = resp - fw.g
     resid = y[None, :] - fw.h
@@ -172,10 +182,11 @@ def log_density_gradient(spec: MoESpec, G: MixingMeasure, X, y) -> dict[str, Arr
 
 def responsibilities(spec: MoESpec, G: MixingMeasure, feats: Features, y: Array) -> tuple[Array, Array]:
     """Posterior expert probabilities (k, n) and the per-sample log-density (n,) in one pass (the E-step)."""
-    fw = forward(spec, G, feats)
-    log_joint = _log_joint(spec, G, fw, y)
+    z, _, h = _logits_and_experts(spec, G, feats)
+    log_joint = _log_joint(G, z, h, y)
     log_dens = _logsumexp0(log_joint)
-    return np.exp(log_joint - log_dens), log_dens
+    log_joint -= log_dens
+    return np.exp(log_joint, out=log_joint), log_dens
 
 
 def _check_gaussian(spec: MoESpec, G: MixingMeasure) -> None:
