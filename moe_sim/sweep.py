@@ -11,6 +11,7 @@ data model) are fitted on the very same samples.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,17 +72,26 @@ def replicate_seeds(entropy: int, series: Series, series_index: int, n_index: in
     )
 
 
-def reference_measure(exp: Experiment, series: Series, closest=None) -> MixingMeasure:
-    """The measure losses are taken against: G*, or G_bar for an over-specified sigmoid fit in regime 2."""
-    if series.spec.gate == "sigmoid" and sigmoid_regime(series.truth) == 2 and series.k > series.truth.k:
-        if closest is None:
-            from .fit import closest_measure as closest
-        return closest(series.spec, series.truth, series.k, **exp.reference)
-    return series.truth
+def reference_measure(exp: Experiment, series: Series, closest=None) -> tuple[MixingMeasure, str]:
+    """The measure losses are taken against, and a note: G*, or G_bar for an over-specified sigmoid fit in
+    regime 2 (computed by `closest_measure` on the experiment's design and bounds, options from the config's
+    [reference] table; the note lists G_bar's degeneracy issues, if any)."""
+    if not (series.spec.gate == "sigmoid" and sigmoid_regime(series.truth) == 2 and series.k > series.truth.k):
+        return series.truth, ""
+    if closest is None:
+        from .fit import closest_measure as closest
+    options = {"design": exp.design, "bounds": exp.bounds, **exp.reference}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degeneracy is recorded in the rows instead
+        result = closest(series.spec, series.truth, series.k, **options)
+    note = "G_bar degenerate: " + "; ".join(result.issues) if result.degenerate else ""
+    return result.measure, note
 
 
 def _evaluate(exp: Experiment, series: Series, ref: MixingMeasure, result, n: int, eval_rng) -> list[dict]:
-    """Quantity rows of one finished fit."""
+    """Quantity rows of one finished fit: loss, per-atom parameter errors (cell maximum and weighted mean),
+    the worst atom's error per block (its cell size is that atom's), regression-function L2 error on a fresh
+    design, and the objective's gap to the truth's per sample (positive: the fit is worse than the truth)."""
     spec, G = series.spec, result.measure
     rows = [{"quantity": "loss", "value": voronoi_loss(spec, G, ref, kind=series.loss)}]
     errors = parameter_errors(spec, G, ref, kind=series.loss)
@@ -89,6 +99,10 @@ def _evaluate(exp: Experiment, series: Series, ref: MixingMeasure, result, n: in
         for stat in ("max", "mean"):
             rows.append({"quantity": f"param:{rec.block}:{stat}", "value": getattr(rec, f"{stat}_error"),
                          "true_atom": rec.true_atom, "cell_size": rec.n_fitted, "pattern": rec.pattern})
+    for block, sub in errors.groupby("block", sort=False):
+        worst = sub.loc[sub.max_error.idxmax()] if sub.max_error.notna().any() else sub.iloc[0]
+        rows.append({"quantity": f"param:{block}:worst", "value": worst.max_error, "cell_size": worst.n_fitted,
+                     "pattern": worst.pattern})
     X_eval = draw_design(exp.design, exp.eval_n, spec.d, eval_rng, exp.bounds)
     gap = regression_function(spec, G, X_eval) - regression_function(spec, series.truth, X_eval)
     rows.append({"quantity": "regression_l2", "value": float(np.sqrt(np.mean(gap**2)))})
@@ -110,7 +124,7 @@ def run_task(exp: Experiment, task: Task, entropy: int, fit_fn=None, closest_fn=
     n = exp.n_grid[task.n_index]
     out = []
     with threadpool_limits(limits=1):
-        ref = reference_measure(exp, series, closest_fn)
+        ref, ref_note = reference_measure(exp, series, closest_fn)
         for rep in range(task.start, task.stop):
             data_seed, fit_seed, eval_seed = replicate_seeds(entropy, series, task.series_index, task.n_index, rep)
             X, y = sample(series.spec, series.truth, n, rng=data_seed, noise_sd=exp.noise_sd, design=exp.design,
@@ -133,7 +147,7 @@ def run_task(exp: Experiment, task: Task, entropy: int, fit_fn=None, closest_fn=
             common = {
                 "experiment": exp.name, "series_index": task.series_index, "series": series.name,
                 "label": series.label, "k": series.k, "n_index": task.n_index, "n": n, "replicate": rep,
-                "status": status, "reason": reason,
+                "status": status, "reason": "; ".join(filter(None, [reason, ref_note])),
                 "objective": np.nan if result is None else result.objective,
                 "truth_objective": np.nan if result is None or result.truth_objective is None
                 else result.truth_objective,
