@@ -87,7 +87,7 @@ def test_forward_and_jacobian_mirror_the_numpy_model(gate, score, expert, d):
     phi, psi = t([feats.phi] * 2), t([feats.psi] * 2)
     _, g, u, h, f = tb._forward(spec, act, t([G.bias for G in Gs]), t([G.gate for G in Gs]),
                                 t([G.expert for G in Gs]), phi, psi)
-    J = tb._jacobian(spec, dact, g, u, h, f, phi, psi)
+    J = tb._jacobian(spec, dact, g, u, h, f, phi, psi, 3)
     for b, G in enumerate(Gs):
         fw = forward(spec, G, feats)
         np.testing.assert_allclose(f[b].numpy(), fw.f, rtol=1e-12, atol=1e-12)
@@ -115,7 +115,7 @@ LSE_CASES = {
 @pytest.mark.parametrize("case", sorted(LSE_CASES))
 def test_lse_reaches_the_careful_reference_objective(case):
     spec, G = LSE_CASES[case]
-    n, R = 1000, 3
+    n, R = 600, 2
     Xs, ys = _cell(spec, G, n, R, seed=11)
     starts = [_near(G, 100 + r, 0.05, 2) for r in range(R)]
     results = tb.fit_batch(spec, Xs, ys, 2, starts, truth=G)
@@ -133,8 +133,10 @@ def test_lse_reaches_the_careful_reference_objective(case):
             G_ref, ref = _scipy_lse(spec, Xs[r], ys[r], G0)
             if abs(s.objective / ref - 1) <= 1e-6:
                 same_optimum += 1
-                # Same optimum: the losses agree to the parameters' resolution at a 1e-12 relative RSS tolerance.
-                np.testing.assert_allclose(ms.voronoi_loss(spec, G_torch, G), ms.voronoi_loss(spec, G_ref, G),
+                # Same optimum: at tolerances as tight as the reference's, the losses agree to the parameters'
+                # resolution (flat directions make it coarser than the RSS's).
+                tight = tb.fit_batch(spec, Xs[r : r + 1], ys[r : r + 1], 2, [[G0]], tol=1e-15)[0].measure
+                np.testing.assert_allclose(ms.voronoi_loss(spec, tight, G), ms.voronoi_loss(spec, G_ref, G),
                                            rtol=1e-3)
     # Local methods from one start can end in different optima; near the truth they mostly agree.
     assert same_optimum >= R

@@ -39,7 +39,12 @@ from .result import FitResult, StartResult
 
 METHODS = ("lse", "em")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
-DEFAULT_TOL = {"lse": {"float64": 1e-12, "float32": 1e-6}, "em": {"float64": 1e-6, "float32": 1e-6}}
+# lse: relative RSS decrease per step, ftol_n / n as lse_fit (a local optimum differs from another by about
+# sigma^2 per sample, so relative precision 1/n is the scale that matters), floored per dtype; em: relative
+# log-likelihood change, as em_fit.
+LSE_FTOL_N = 1e-6
+_LSE_TOL_FLOOR = {"float64": 1e-15, "float32": 1e-6}
+EM_TOL = 1e-6
 DEFAULT_MAX_ITER = {"lse": 500, "em": 2000}
 _XTOL = {"float64": 1e-10, "float32": 1e-5}
 _CHUNK_ELEMENTS = 1 << 21  # elements of one (B, width, chunk) working array
@@ -51,7 +56,9 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 Tensor = torch.Tensor
 
 
-def _relu_grad(u: Tensor) -> Tensor:
+# Each expert activation with its derivative, the derivative given (u, act(u)) so that tanh and sigmoid reuse
+# the forward pass's values.
+def _relu_grad(u: Tensor, h: Tensor) -> Tensor:
     return (u > 0).to(u.dtype)
 
 
@@ -59,25 +66,27 @@ def _gelu(u: Tensor) -> Tensor:
     return u * torch.special.ndtr(u)
 
 
-def _gelu_grad(u: Tensor) -> Tensor:
+def _gelu_grad(u: Tensor, h: Tensor) -> Tensor:
     return torch.special.ndtr(u) + u * _INV_SQRT_2PI * torch.exp(-0.5 * u * u)
 
 
-def _sigmoid_grad(u: Tensor) -> Tensor:
-    s = torch.sigmoid(u)
-    return s * (1.0 - s)
+def _sigmoid_grad(u: Tensor, h: Tensor) -> Tensor:
+    return h * (1.0 - h)
 
 
-def _tanh_grad(u: Tensor) -> Tensor:
-    t = torch.tanh(u)
-    return 1.0 - t * t
+def _tanh_grad(u: Tensor, h: Tensor) -> Tensor:
+    return 1.0 - h * h
 
 
 def _identity(u: Tensor) -> Tensor:
     return u
 
 
-_IDENTITY = (_identity, torch.ones_like)
+def _ones(u: Tensor, h: Tensor) -> Tensor:
+    return torch.ones_like(u)
+
+
+_IDENTITY = (_identity, _ones)
 ACTIVATIONS = {
     "linear": _IDENTITY,
     "polynomial": _IDENTITY,
@@ -90,7 +99,7 @@ ACTIVATIONS = {
 
 
 def activation(spec: MoESpec):
-    """The torch (activation, derivative) of spec's expert family, checked against the NumPy family.
+    """The torch (activation, derivative(u, h)) of spec's expert family, checked against the NumPy family.
 
     Looked up by family name, then compared on a grid with the family's own NumPy functions, so a family
     registered under a built-in name with another activation is refused rather than silently mis-fitted.
@@ -103,9 +112,9 @@ def activation(spec: MoESpec):
         )
     act, dact = ACTIVATIONS[family.name]
     grid = np.concatenate([np.linspace(-6.0, 6.0, 49), [-0.1, 0.1]])
-    tgrid = torch.from_numpy(grid)
-    for name, mine, theirs in (("activation", act, family.activation), ("derivative", dact, family.derivative)):
-        if not np.allclose(mine(tgrid).numpy(), theirs(grid), rtol=1e-12, atol=1e-12):
+    u = torch.from_numpy(grid)
+    for name, mine, theirs in (("activation", act(u), family.activation), ("derivative", dact(u, act(u)), family.derivative)):
+        if not np.allclose(mine.numpy(), theirs(grid), rtol=1e-12, atol=1e-12):
             raise ValueError(f"expert={family.name!r}: its {name} differs from the torch backend's built-in one")
     return act, dact
 
@@ -140,19 +149,18 @@ def _forward(spec: MoESpec, act, bias: Tensor, gate: Tensor, expert: Tensor, phi
     return z, g, u, h, (g * h).sum(dim=1)
 
 
-def _jacobian(spec: MoESpec, dact, g, u, h, f, phi, psi) -> Tensor:
-    """Per-sample df/dtheta (B, P, c) in `MixingMeasure.to_vector` order (bias, gate, expert)."""
-    dfdz = g * (h - f[:, None]) if spec.gate == "softmax" else g * (1.0 - g) * h
-    dfdu = g * dact(u)
+def _jacobian(spec: MoESpec, dact, g, u, h, f, phi, psi, nb: int) -> Tensor:
+    """Per-sample df/dtheta (B, F, c) over the free parameters, in `MixingMeasure.to_vector` order: the bias
+    and gate of the first nb atoms (k - 1 for softmax: the last is held), then every atom's expert."""
+    dfdz = g[:, :nb] * (h[:, :nb] - f[:, None]) if spec.gate == "softmax" else g * (1.0 - g) * h
+    dfdu = g * dact(u, h)
     B, k, c = g.shape
-    return torch.cat(
-        [
-            dfdz,
-            (dfdz[:, :, None, :] * phi[:, None]).reshape(B, -1, c),
-            (dfdu[:, :, None, :] * psi[:, None]).reshape(B, -1, c),
-        ],
-        dim=1,
-    )
+    q, p = phi.shape[1], psi.shape[1]
+    J = g.new_empty(B, nb * (1 + q) + k * p, c)
+    J[:, :nb] = dfdz
+    torch.mul(dfdz[:, :, None, :], phi[:, None], out=J[:, nb : nb * (1 + q)].view(B, nb, q, c))
+    torch.mul(dfdu[:, :, None, :], psi[:, None], out=J[:, nb * (1 + q) :].view(B, k, p, c))
+    return J
 
 
 def _split(spec: MoESpec, k: int, theta: Tensor):
@@ -173,7 +181,7 @@ def _lse_pass(spec, act, dact, batch: _Batch, k: int, theta: Tensor, rep: Tensor
         _, g, u, h, f = _forward(spec, act, bias, gate, expert, phi, psi)
         r = y - f
         rss += (r * r).sum(dim=1)
-        J = _jacobian(spec, dact, g, u, h, f, phi, psi)[:, free]
+        J = _jacobian(spec, dact, g, u, h, f, phi, psi, k - 1 if spec.gate == "softmax" else k)
         JtJ += torch.bmm(J, J.mT)
         Jtr += torch.bmm(J, r[:, :, None])[:, :, 0]
     return rss, JtJ, Jtr
@@ -356,9 +364,11 @@ def _em_mstep(batch, theta, expert, var, rep, T, Gx, W, lse_sum, var_floor):
     trace = torch.diagonal(F, dim1=1, dim2=2).sum(dim=1)
     eye = torch.eye(K * m, dtype=F.dtype, device=F.device)
     delta, solved = _solve_spd(F + (_EM_RIDGE * trace / (K * m) + 1e-300)[:, None, None] * eye, grad)
-    delta = torch.where(solved[:, None], delta, 0.0).reshape(B, K, m)
     q_old = (theta * S).sum(dim=(1, 2)) - lse_sum
-    pending = torch.nonzero(solved).flatten()
+    # A Newton decrement at rounding level means the gate is at its optimum: no step (as em_fit).
+    moving = solved & ((grad * delta).sum(dim=1) > 1e-14 * q_old.abs().clamp_min(1.0))
+    delta = delta.reshape(B, K, m)
+    pending = torch.nonzero(moving).flatten()
     step = 1.0
     for _ in range(_MAX_HALVINGS):
         if len(pending) == 0:
@@ -474,6 +484,7 @@ def fit_batch(
     truth: MixingMeasure | None = None,
     bounds=None,
     var_floor: float = 1e-6,
+    threads: int | None = 1,
 ) -> list[FitResult]:
     """Fit R replicates of one cell (same n) as one batched torch computation; one FitResult per replicate.
 
@@ -482,11 +493,27 @@ def fit_batch(
     same the NumPy path uses; each replicate keeps its best start (lowest RSS for "lse", highest
     log-likelihood for "em") and lists every start in `starts`.
     device: None (CUDA when available, else CPU), or anything torch.device accepts. dtype: "float64" or
-    "float32". max_iter, tol: per-start caps and tolerances (defaults in DEFAULT_MAX_ITER, DEFAULT_TOL: lse tol
-    is MINPACK's relative ftol, em tol the relative log-likelihood change). truth: the true measure, to
+    "float32". max_iter: per-start cap (DEFAULT_MAX_ITER). tol: for "lse" MINPACK's ftol, the relative RSS
+    decrease (predicted and actual) below which a start has converged, by default LSE_FTOL_N / n as in
+    `lse_fit`; for "em" the relative log-likelihood change, EM_TOL by default as in `em_fit`. truth: the true measure, to
     record truth_objective and worse_than_truth as the NumPy estimators do. bounds (lse only): as in
-    `lse_fit`. var_floor (em only): as in `em_fit`. runtime_s is the batch's wall time divided by R.
+    `lse_fit`. var_floor (em only): as in `em_fit`. threads: torch's CPU threads during the fit (restored after), 1 by default as a
+    sweep task runs (DESIGN.md: one level of parallelism; on a busy machine extra threads cost more than they
+    give); None leaves torch's setting. runtime_s is the batch's wall time divided by R.
     """
+    if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    try:
+        return _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, truth, bounds, var_floor)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, truth, bounds, var_floor):
+    """fit_batch under its thread setting."""
     t0 = time.perf_counter()
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not allowed; choose one of {', '.join(map(repr, METHODS))}")
@@ -497,9 +524,6 @@ def fit_batch(
     max_iter = DEFAULT_MAX_ITER[method] if max_iter is None else max_iter
     if not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
         raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
-    tol = DEFAULT_TOL[method][dtype] if tol is None else tol
-    if not (np.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
     if method == "lse" and spec.likelihood != "regression":
         raise ValueError(f"method='lse' needs likelihood='regression', got {spec.likelihood!r}")
     if method == "em":
@@ -520,6 +544,10 @@ def fit_batch(
     if len(sizes) != 1:
         raise ValueError(f"every replicate of a batch must have the same n, got n in {sorted(sizes)}")
     R = len(data)
+    if tol is None:
+        tol = max(LSE_FTOL_N / data[0][1].shape[0], _LSE_TOL_FLOOR[dtype]) if method == "lse" else EM_TOL
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
     groups = _check_starts(spec, k, starts, R)
     if truth is not None:
         spec.check_measure(truth, "truth")
