@@ -16,7 +16,7 @@ from .result import FitResult, StartResult
 
 METHODS = ("lse", "em")
 BACKENDS = ("numpy",)
-DEFAULT_STARTS = {"lse": 5, "em": 1}
+DEFAULT_STARTS = {"lse": 8, "em": 1}
 
 __all__ = [
     "INITS", "METHODS", "TRUTH_FREE", "ClosestMeasure", "FitResult", "Profile", "StartResult",
@@ -42,7 +42,7 @@ def fit(
 
     method: "lse" (least squares, regression MoE) or "em" (maximum likelihood, Gaussian MoE).
     init: a strategy name of `INITS`, a list of them, or "default" (the truth-free strategies, plus
-    near_truth when G_true is given); n_starts starts per strategy (default 5 for lse, 1 for em).
+    near_truth when G_true is given); n_starts starts per strategy (default 8 for lse, 1 for em).
     init_options: keyword arguments of the strategies (near_truth: scale, power).
     G_true: the truth, used by near_truth and to store the truth's objective on the same sample
     (FitResult.truth_objective, worse_than_truth).

@@ -1,6 +1,6 @@
 """G_bar, the target of sigmoid regime 2: the k-atom measure whose f_G is closest to f_G* in L2(mu).
 
-Computed by the least-squares machinery on a large noise-free design, inside a compact parameter space that
+Computed by least squares (`trf_fit`: Gauss-Newton, relative tolerances) on a large noise-free design, inside a compact parameter space that
 excludes null atoms (THEORY.md s1): every weight sigmoid(c) >= weight_min, every expert's size (the largest
 slope coordinate of an affine expert, the largest coefficient otherwise) >= expert_min in absolute value,
 every parameter in [-param_max, param_max]. The expert-size bound is not a box, so each start keeps the sign
@@ -21,7 +21,7 @@ from ..measure import MixingMeasure, MoESpec
 from ..model import Features, forward
 from ..sample import draw_design
 from .init import initial_measures
-from .lse import lse_fit
+from .lse import trf_fit
 from .result import FitResult
 
 
@@ -92,8 +92,7 @@ def _closest(spec, frozen, k, design, n, box, rng, weight_min, expert_min, param
     best, records = None, []
     for start in starts:
         lim = _start_bounds(spec, start[1], weight_min, expert_min, param_max)
-        # Noise-free: the objective tends to zero, so the tolerance is absolute and at machine precision.
-        res = lse_fit(spec, X, y, k, [start], bounds=lim, ftol_n=0.0, gtol=1e-12, max_iter=20000, screen=None)
+        res = trf_fit(spec, X, y, k, [start], bounds=lim)
         records += res.starts
         if res.measure is not None and (best is None or res.objective < best.objective):
             best = res

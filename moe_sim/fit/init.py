@@ -7,7 +7,8 @@ carry variances (the residual variance of the start's regression function, or th
   atoms drawn at random, atoms sharing a true atom split its weight evenly, then every parameter gets Gaussian
   noise of sd ``scale * n**-power`` (power 0 by default: n-independent noise; THEORY.md s4 warns that noise
   shrinking with n can bias fitted slopes).
-- ``kmeans`` (truth-free): k-means on standardised (x, y), then per cluster a least-squares expert (through
+- ``kmeans`` (truth-free): k-means on standardised (x, y), y weighted by a random factor in [1/e, e] so that
+  repeated starts cluster differently, then per cluster a least-squares expert (through
   the activation's linearisation for FFN experts) and a least-squares gate that scores the cluster's members.
 - ``random`` (truth-free): each expert interpolates p data points drawn at random (RANSAC-like, so its scale
   follows the data), gates drawn at the scale of the gate features.
@@ -80,11 +81,13 @@ def _kmeans_labels(Z: np.ndarray, k: int, rng: np.random.Generator, n_iter: int 
 
 
 def kmeans(spec: MoESpec, X: np.ndarray, y: np.ndarray, k: int, rng=None) -> MixingMeasure:
-    """k-means on standardised (x, y), then a least-squares expert and gate per cluster (truth-free)."""
+    """k-means on standardised (x, y) (y randomly reweighted), then a least-squares expert and gate per
+    cluster (truth-free)."""
     rng = np.random.default_rng(rng)
     Xs, ys = _subsample(X, y, rng)
     Z = np.column_stack([Xs, ys])
     Z = (Z - Z.mean(axis=0)) / np.where(Z.std(axis=0) > 0, Z.std(axis=0), 1.0)
+    Z[:, -1] *= np.exp(rng.uniform(-1.0, 1.0))  # a random weight of y against x: diverse clusterings
     labels = _kmeans_labels(Z, k, rng)
     feats = Features.of(spec, Xs)
     design = np.vstack([np.ones(len(ys)), feats.phi]).T

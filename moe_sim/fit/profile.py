@@ -20,8 +20,9 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from ..measure import MixingMeasure, MoESpec
-from ..model import regression_function, regression_gradient
+from ..model import regression_function
 from ..sample import draw_design
+from .lse import jacobian
 
 DEFAULT_DELTAS = tuple(np.logspace(-2.0, -1.0, 5))
 
@@ -93,10 +94,7 @@ def _loss_curve(spec, G_true, j, X, y, deltas, rng) -> list[float]:
 
     def jac(phi, delta):
         theta, D = model.theta(phi, delta)
-        g = regression_gradient(spec, measure(theta), X)
-        J = np.hstack([g["bias"].T, g["gate"].transpose(2, 0, 1).reshape(len(y), -1),
-                       g["expert"].transpose(2, 0, 1).reshape(len(y), -1)])
-        return J @ D
+        return jacobian(spec, measure(theta), X) @ D
 
     r = spec.q + spec.p
     rows = np.concatenate([G_true.gate[j], G_true.expert[j]])

@@ -1,0 +1,131 @@
+"""Time `moe_sim.fit` against a machine-independent floor, and count fits that reach the truth's objective.
+
+    .venv/bin/python benchmarks/bench_fit.py [--reps 5] [--seeds 50] [--sizes 1000 10000 100000]
+
+Floor: one np.exp over a k x n array, timed in the same run, so "x floor" ratios compare across machines.
+Per iteration: a single-start fit on the full sample (no screening), its runtime over its iterations (an
+L-BFGS-B iteration is about 1.1 objective-and-gradient evaluations; an EM iteration one E and one M step).
+Per fit: the default multi-start `fit` (least squares: kmeans, random and near_truth starts; EM: paper a's
+protocol, 1 near-truth start for k = 2 and 5 for k = 3). BLAS is limited to one thread, as in a sweep task.
+Quality: over `--seeds` samples, the share of fits whose residual sum of squares is no larger than the
+truth's on the same sample (a smaller share means local optima).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+import moe_sim as ms
+from moe_sim.fit.init import initial_measures
+from moe_sim.fit.lse import RSSObjective, lse_fit
+
+TANH = ms.MoESpec(gate="sigmoid", score="linear", expert="tanh")
+G_TANH = ms.MixingMeasure(bias=[1.0, -0.5], gate=[[-1.2], [-1.5]], expert=[[1.0, -1.3], [-1.7, -0.4]])
+TANH_BOX, TANH_SIGMA = (-3.0, 3.0), 0.1
+PAPER_A = ms.MoESpec(gate="softmax", score="linear", expert="linear", likelihood="gaussian")
+G_PAPER_A = ms.MixingMeasure(bias=[-8.0, 0.0], gate=[[25.0], [0.0]], expert=[[15.0, -20.0], [-5.0, 20.0]],
+                             var=[0.09, 0.16])
+
+
+def median_time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def floor(k: int, n: int, reps: int = 50) -> float:
+    """Median seconds of one np.exp over a k x n array."""
+    a = np.random.default_rng(0).standard_normal((k, n))
+    return median_time(lambda: np.exp(a), reps)
+
+
+def lse_rows(sizes, reps: int, k: int) -> list[dict]:
+    rows = []
+    for n in sizes:
+        fits, per_iter, evals = [], [], []
+        for seed in range(reps):
+            X, y = ms.sample(TANH, G_TANH, n, rng=seed, noise_sd=TANH_SIGMA, bounds=TANH_BOX)
+            fits.append(ms.fit(TANH, X, y, k, rng=seed, G_true=G_TANH).runtime_s)
+            one = lse_fit(TANH, X, y, k, initial_measures(TANH, X, y, k, "near_truth", 1, seed, G_TANH), screen=None)
+            per_iter.append(one.runtime_s / max(one.n_iter, 1))
+            obj = RSSObjective(TANH, X, y, k)
+            theta = one.measure.to_vector()
+            evals.append(median_time(lambda: obj(theta), 20))
+        base = floor(k, n)
+        rows.append({"model": f"sigmoid tanh, lse, k={k}", "n": n, "fit_s": np.median(fits),
+                     "iter_ms": 1e3 * np.median(per_iter), "eval_ms": 1e3 * np.median(evals), "floor_ms": 1e3 * base})
+    return rows
+
+
+def em_rows(sizes, reps: int, k: int) -> list[dict]:
+    rows = []
+    n_starts = 1 if k == 2 else 5
+    for n in sizes:
+        fits, per_iter = [], []
+        for seed in range(reps):
+            X, y = ms.sample(PAPER_A, G_PAPER_A, n, rng=seed, design="equispaced", bounds=(0.0, 1.0))
+            sd = n**-0.083
+            res = ms.fit(PAPER_A, X, y, k, method="em", init="near_truth", n_starts=n_starts, rng=seed,
+                         G_true=G_PAPER_A, init_options={"scale": 0.05 * sd})
+            fits.append(res.runtime_s)
+            per_iter.append(res.runtime_s / max(sum(s.n_iter for s in res.starts), 1))
+        base = floor(k, n)
+        rows.append({"model": f"paper a Gaussian MoE, em, k={k}", "n": n, "fit_s": np.median(fits),
+                     "iter_ms": 1e3 * np.median(per_iter), "eval_ms": np.nan, "floor_ms": 1e3 * base})
+    return rows
+
+
+def quality_rows(n: int, seeds: int) -> list[dict]:
+    rows = []
+    for k in (2, 3):
+        for label, init in (("default (with near_truth)", "default"), ("truth-free only", ("kmeans", "random"))):
+            ok, times = 0, []
+            for seed in range(seeds):
+                X, y = ms.sample(TANH, G_TANH, n, rng=1000 + seed, noise_sd=TANH_SIGMA, bounds=TANH_BOX)
+                res = ms.fit(TANH, X, y, k, init=init, rng=seed, G_true=G_TANH)
+                ok += not res.worse_than_truth
+                times.append(res.runtime_s)
+            rows.append({"k": k, "init": label, "n": n, "no_worse": f"{ok}/{seeds}",
+                         "fit_s": float(np.median(times))})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = list(rows[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=5, help="samples per size (median over them)")
+    parser.add_argument("--seeds", type=int, default=50, help="samples of the quality count (0: skip)")
+    parser.add_argument("--quality-n", type=int, default=10_000, help="sample size of the quality count")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    args = parser.parse_args()
+    with threadpool_limits(limits=1, user_api="blas"):
+        timing = lse_rows(args.sizes, args.reps, 2) + lse_rows(args.sizes, args.reps, 3)
+        if (Path(ms.__file__).parent / "fit" / "em.py").exists():
+            timing += em_rows(args.sizes, args.reps, 2) + em_rows(args.sizes, args.reps, 3)
+        for row in timing:
+            row["iter_x_floor"] = row["iter_ms"] / row["floor_ms"]
+            row["eval_x_floor"] = row["eval_ms"] / row["floor_ms"]
+        print(markdown(timing))
+        if args.seeds:
+            print()
+            print(markdown(quality_rows(args.quality_n, args.seeds)))
+
+
+if __name__ == "__main__":
+    main()
