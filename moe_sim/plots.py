@@ -44,13 +44,13 @@ def to_markdown(table: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(table: pd.DataFrame, out_dir, basename: str) -> list[Path]:
-    """CSV (all columns) and Markdown (the readable ones) side by side."""
+def write_table(table: pd.DataFrame, out_dir, basename: str, columns=TABLE_COLUMNS) -> list[Path]:
+    """CSV (all columns) and Markdown (`columns`, those present; None for all) side by side."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     csv, md = out_dir / f"{basename}.csv", out_dir / f"{basename}.md"
     table.to_csv(csv, index=False)
-    md.write_text(to_markdown(table[[c for c in TABLE_COLUMNS if c in table.columns] or list(table.columns)]))
+    md.write_text(to_markdown(table if columns is None else table[[c for c in columns if c in table.columns]]))
     return [csv, md]
 
 
@@ -151,6 +151,6 @@ def report(results_dir, out_dir, stat: str | None = None) -> tuple[pd.DataFrame,
     paths += plot_experiment(rows, exp, out_dir, stat=stat, rates=rates)
     if exp.target_error is not None:
         complexity = sample_complexity(rows, exp.target_error, exp.target_quantity, exp.target_atom, stat)
-        paths += write_table(complexity, out_dir, f"{exp.name}_sample_complexity")
+        paths += write_table(complexity, out_dir, f"{exp.name}_sample_complexity", columns=None)
         paths += plot_sample_complexity(complexity, exp, out_dir)
     return rates, paths

@@ -1,5 +1,7 @@
 """The sweep engine: seeding by address, bit-identical results across workers and backends, resume."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -116,3 +118,27 @@ def test_dask_local_cluster_matches_loky(exp, tmp_path):
                                   dashboard_address=None) as cluster:
         run_sweep(small, tmp_path / "dask", scheduler=cluster.scheduler_address, fit_fn=fake_fit, progress=False)
     pd.testing.assert_frame_equal(strip(local), strip(store.load_results(tmp_path / "dask")))
+
+
+def test_sigmoid_regime_2_losses_are_taken_against_g_bar(tmp_path):
+    """An over-specified sigmoid fit in regime 2 is scored against closest_measure's G_bar (here a double
+    returning a fixed 3-atom measure), and G_bar's degeneracy is recorded in every row's reason."""
+    g_bar = MixingMeasure([0.0, 0.0, -2.0], [[3.0], [-3.0], [1.0]], [[1.0, 2.0], [-1.0, -1.0], [0.2, 0.3]])
+    calls = []
+
+    def fake_closest(spec, G_true, k, **options):
+        calls.append(options)
+        return SimpleNamespace(measure=g_bar, degenerate=True, issues=("atom 2: null atom",))
+
+    def fit_g_bar(spec, X, y, k, **kwargs):
+        return FitResult(g_bar, 1.0, 1, True, 0.0, "lse", truth_objective=1.0)
+
+    exp = parse_config({**TINY, "model": {"gate": "sigmoid", "expert": "tanh"}, "k": 3, "replicates": 2,
+                        "n": [50, 100], "reference": {"n": 500},
+                        "truth": {"bias": [0.0, 0.0], "gate": [[2.0], [-1.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]}})
+    rows = store.load_results(run_sweep(exp, tmp_path, fit_fn=fit_g_bar, closest_fn=fake_closest, progress=False))
+    assert calls[0] == {"design": "uniform", "bounds": (-1.0, 1.0), "n": 500}
+    np.testing.assert_allclose(rows[rows.quantity == "loss"].value, 0.0, atol=1e-12)
+    assert rows.reason.str.contains("G_bar degenerate: atom 2: null atom").all()
+    # the regression-function error is still against the truth's f_G*, which G_bar does not reproduce
+    assert (rows[rows.quantity == "regression_l2"].value > 0.01).all()
