@@ -15,6 +15,7 @@ torch.set_num_threads(--threads). `--numpy-replicates` times the NumPy path on t
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -75,9 +76,10 @@ def run_numpy(cfg, Xs, ys, starts, m: int):
     return time.perf_counter() - t0, np.array(objs)
 
 
-def run_torch(cfg, Xs, ys, starts, device: str):
+def run_torch(cfg, Xs, ys, starts, device: str, dtype: str, threads: int):
     t0 = time.perf_counter()
-    res = fit_batch(cfg["spec"], Xs, ys, cfg["k"], starts, method=cfg["method"], device=device)
+    res = fit_batch(cfg["spec"], Xs, ys, cfg["k"], starts, method=cfg["method"], device=device, dtype=dtype,
+                    threads=threads)
     return time.perf_counter() - t0, np.array([r.objective for r in res]), res
 
 
@@ -89,11 +91,12 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
     print(f"device={args.device} ({torch.cuda.get_device_name() if args.device.startswith('cuda') else 'CPU'}), "
-          f"threads={args.threads}, torch {torch.__version__}")
+          f"dtype={args.dtype}, threads={args.threads}, torch {torch.__version__}, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     print("| config | n | R | NumPy rep/s | torch rep/s | speed-up | torch better | torch worse | "
           "median rel. diff | torch converged |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -105,7 +108,7 @@ def main(argv=None) -> None:
             for _ in range(args.repeats):
                 with threadpool_limits(args.threads):
                     t_np, obj_np = run_numpy(cfg, Xs, ys, starts, m)
-                t_torch, obj_torch, res = run_torch(cfg, Xs, ys, starts, args.device)
+                t_torch, obj_torch, res = run_torch(cfg, Xs, ys, starts, args.device, args.dtype, args.threads)
                 np_times.append(t_np), torch_times.append(t_torch)
             np_rate = m / statistics.median(np_times)
             torch_rate = args.replicates / statistics.median(torch_times)

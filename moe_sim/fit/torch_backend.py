@@ -11,7 +11,10 @@ the data gathers the rows of the still-active elements, so a finished element co
   systems solved with `torch.linalg.cholesky_ex`, Marquardt's scaling by diag(J^T J), Nielsen's damping
   update) on the residual sum of squares. Replicates are independent, so each element has
   its own damping, acceptance test and convergence test (MINPACK's: predicted and actual relative decrease
-  both below `tol`, or a scaled step below xtol). The softmax translation is removed by holding the last
+  both below `tol`, or a scaled step below xtol). Like scipy's L-BFGS-B test in `lse_fit`, this is a
+  relative-decrease test: a start crawling under heavy damping can pass it short of a minimum (rare, and
+  mostly at degenerate fits with dead atoms); an undamped Gauss-Newton decrement guard was tried and
+  dropped, because over-specified cells make J^T J nearly singular and it then never passes. The softmax translation is removed by holding the last
   atom's (bias, gate) at its start value, which leaves the set of regression functions unchanged. `bounds`
   (as in `lse_fit`) projects every trial point onto the box.
 - method "em" (softmax Gaussian MoE, experts linear in their parameters): the algorithm of
