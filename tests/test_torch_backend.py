@@ -1,5 +1,8 @@
 """The torch backend against the NumPy model and estimators, on identical samples and starts."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy.optimize import minimize
@@ -65,7 +68,8 @@ def _scipy_lse(spec, X, y, G0):
 
 
 MIRROR_CASES = [
-    ("softmax", "linear", expert, 1) for expert in ("linear", "polynomial", "relu", "gelu", "sigmoid", "tanh", "constant")
+    ("softmax", "linear", expert, 1)
+    for expert in ("linear", "polynomial", "relu", "gelu", "sigmoid", "tanh", "constant")
 ] + [
     ("sigmoid", "linear", "tanh", 1),
     ("sigmoid", "quadratic", "gelu", 2),
@@ -277,3 +281,28 @@ def test_cuda_matches_cpu(method, paper_a):
     gpu = tb.fit_batch(spec, Xs, ys, 2, starts, method=method, device="cuda")
     for a, b in zip(cpu, gpu):
         np.testing.assert_allclose(b.objective, a.objective, rtol=1e-9)
+
+
+def test_the_numpy_path_needs_no_torch():
+    """torch stays optional: with it unimportable, moe_sim imports and fits; only the backend refuses."""
+    code = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ImportError('torch is blocked')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy as np, moe_sim as ms\n"
+        "from moe_sim.fit.lse import lse_fit\n"
+        "spec = ms.MoESpec(expert='tanh')\n"
+        "G = ms.MixingMeasure([0.3, 0.0], [[2.0], [-1.0]], [[0.5, 2.0], [-0.5, -1.5]])\n"
+        "X, y = ms.sample(spec, G, 100, rng=0)\n"
+        "assert np.isfinite(lse_fit(spec, X, y, 2, [('t', G)]).objective)\n"
+        "try:\n"
+        "    import moe_sim.fit.torch_backend\n"
+        "except ImportError:\n"
+        "    print('refused')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "refused"

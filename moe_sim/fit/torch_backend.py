@@ -14,9 +14,9 @@ the data gathers the rows of the still-active elements, so a finished element co
   both below `tol`, or a scaled step below xtol). Like scipy's L-BFGS-B test in `lse_fit`, this is a
   relative-decrease test: a start crawling under heavy damping can pass it short of a minimum (rare, and
   mostly at degenerate fits with dead atoms); an undamped Gauss-Newton decrement guard was tried and
-  dropped, because over-specified cells make J^T J nearly singular and it then never passes. The softmax translation is removed by holding the last
-  atom's (bias, gate) at its start value, which leaves the set of regression functions unchanged. `bounds`
-  (as in `lse_fit`) projects every trial point onto the box.
+  dropped, because over-specified cells make J^T J nearly singular and it then never passes. The softmax
+  translation is removed by holding the last atom's (bias, gate) at its start value, which leaves the set
+  of regression functions unchanged. `bounds` (as in `lse_fit`) projects every trial point onto the box.
 - method "em" (softmax Gaussian MoE, experts linear in their parameters): the algorithm of
   `moe_sim.fit.em.em_fit`, step for step (ridge WLS experts towards the current expert, variances floored,
   one Newton step on the gate with halving on the expected complete log-likelihood, last atom pinned at zero),
@@ -116,7 +116,8 @@ def activation(spec: MoESpec):
     act, dact = ACTIVATIONS[family.name]
     grid = np.concatenate([np.linspace(-6.0, 6.0, 49), [-0.1, 0.1]])
     u = torch.from_numpy(grid)
-    for name, mine, theirs in (("activation", act(u), family.activation), ("derivative", dact(u, act(u)), family.derivative)):
+    pairs = (("activation", act(u), family.activation), ("derivative", dact(u, act(u)), family.derivative))
+    for name, mine, theirs in pairs:
         if not np.allclose(mine.numpy(), theirs(grid), rtol=1e-12, atol=1e-12):
             raise ValueError(f"expert={family.name!r}: its {name} differs from the torch backend's built-in one")
     return act, dact
@@ -173,10 +174,11 @@ def _split(spec: MoESpec, k: int, theta: Tensor):
     return theta[:, :k], theta[:, k : k * (1 + q)].reshape(B, k, q), theta[:, k * (1 + q) :].reshape(B, k, p)
 
 
-def _lse_pass(spec, act, dact, batch: _Batch, k: int, theta: Tensor, rep: Tensor, free: Tensor):
+def _lse_pass(spec, act, dact, batch: _Batch, k: int, theta: Tensor, rep: Tensor):
     """RSS (B,), J^T J (B, F, F) and J^T r (B, F) over the free parameters, J = df/dtheta."""
     bias, gate, expert = _split(spec, k, theta)
-    B, F = theta.shape[0], len(free)
+    nb = k - 1 if spec.gate == "softmax" else k
+    B, F = theta.shape[0], nb * (1 + spec.q) + k * spec.p
     rss = theta.new_zeros(B)
     JtJ = theta.new_zeros(B, F, F)
     Jtr = theta.new_zeros(B, F)
@@ -184,7 +186,7 @@ def _lse_pass(spec, act, dact, batch: _Batch, k: int, theta: Tensor, rep: Tensor
         _, g, u, h, f = _forward(spec, act, bias, gate, expert, phi, psi)
         r = y - f
         rss += (r * r).sum(dim=1)
-        J = _jacobian(spec, dact, g, u, h, f, phi, psi, k - 1 if spec.gate == "softmax" else k)
+        J = _jacobian(spec, dact, g, u, h, f, phi, psi, nb)
         JtJ += torch.bmm(J, J.mT)
         Jtr += torch.bmm(J, r[:, :, None])[:, :, 0]
     return rss, JtJ, Jtr
@@ -202,14 +204,14 @@ def _lse(spec, batch, k, theta, rep, lim, tol, xtol, max_iter):
     act, dact = activation(spec)
     B, P = theta.shape
     free = torch.arange(P, device=theta.device)
-    if spec.gate == "softmax":  # hold the last atom's (bias, gate) fixed: the softmax translation
+    if spec.gate == "softmax":  # the last atom's (bias, gate) is held: the softmax translation (_jacobian)
         pinned = [k - 1] + [k + (k - 1) * spec.q + j for j in range(spec.q)]
         free = free[~torch.isin(free, torch.tensor(pinned, device=theta.device))]
     lower = upper = None
     if lim is not None:
         lower, upper = (torch.as_tensor(a, dtype=theta.dtype, device=theta.device) for a in lim)
         theta = torch.minimum(torch.maximum(theta, lower), upper)
-    rss, JtJ, Jtr = _lse_pass(spec, act, dact, batch, k, theta, rep, free)
+    rss, JtJ, Jtr = _lse_pass(spec, act, dact, batch, k, theta, rep)
     n_iter = torch.zeros(B, dtype=torch.long)
     converged = torch.zeros(B, dtype=torch.bool)
     reasons = [""] * B
@@ -236,7 +238,7 @@ def _lse(spec, batch, k, theta, rep, lim, tol, xtol, max_iter):
             trial = torch.minimum(torch.maximum(trial, lower), upper)
             step = trial[:, free] - theta[di][:, free]
         pred = 2.0 * (step * Jtr[di]).sum(dim=1) - torch.einsum("bi,bij,bj->b", step, JtJ[di], step)  # GN model
-        rss_t, JtJ_t, Jtr_t = _lse_pass(spec, act, dact, batch, k, trial, rep[di], free)
+        rss_t, JtJ_t, Jtr_t = _lse_pass(spec, act, dact, batch, k, trial, rep[di])
         ok = solved & _finite_rows(rss_t, JtJ_t, Jtr_t)
         old = rss[di]
         actual = old - rss_t
@@ -253,7 +255,7 @@ def _lse(spec, batch, k, theta, rep, lim, tol, xtol, max_iter):
         a = di[accept]
         theta[a], rss[a], JtJ[a], Jtr[a] = trial[accept], rss_t[accept], JtJ_t[accept], Jtr_t[accept]
         shrink = torch.clamp_min(1.0 - (2.0 * rho[accept] - 1.0) ** 3, 1.0 / 3.0)
-        lam[a] = torch.clamp_min(lam[a] * shrink, 1e-12)
+        lam[a] = torch.clamp_min(lam[a] * shrink, 1e-12)  # never quite Gauss-Newton: J^T J may be singular
         nu[a] = 2.0
         r = di[~accept]
         lam[r] = lam[r] * nu[r]
@@ -495,14 +497,19 @@ def fit_batch(
     see the same data. starts: R lists of starting measures (MixingMeasure or (name, measure) pairs), the
     same the NumPy path uses; each replicate keeps its best start (lowest RSS for "lse", highest
     log-likelihood for "em") and lists every start in `starts`.
-    device: None (CUDA when available, else CPU), or anything torch.device accepts. dtype: "float64" or
-    "float32". max_iter: per-start cap (DEFAULT_MAX_ITER). tol: for "lse" MINPACK's ftol, the relative RSS
-    decrease (predicted and actual) below which a start has converged, by default LSE_FTOL_N / n as in
-    `lse_fit`; for "em" the relative log-likelihood change, EM_TOL by default as in `em_fit`. truth: the true measure, to
-    record truth_objective and worse_than_truth as the NumPy estimators do. bounds (lse only): as in
-    `lse_fit`. var_floor (em only): as in `em_fit`. threads: torch's CPU threads during the fit (restored after), 1 by default as a
-    sweep task runs (DESIGN.md: one level of parallelism; on a busy machine extra threads cost more than they
-    give); None leaves torch's setting. runtime_s is the batch's wall time divided by R.
+
+    - device: None (CUDA when available, else CPU) or anything torch.device accepts; dtype: "float64" or
+      "float32".
+    - max_iter: per-start cap (DEFAULT_MAX_ITER). tol: for "lse" MINPACK's ftol, the relative RSS decrease
+      (predicted and actual) below which a start has converged, LSE_FTOL_N / n by default as in `lse_fit`;
+      for "em" the relative log-likelihood change, EM_TOL by default as in `em_fit`.
+    - truth: the true measure, to record truth_objective and worse_than_truth as the NumPy estimators do.
+    - bounds (lse only): as in `lse_fit`. var_floor (em only): as in `em_fit`.
+    - threads: torch's CPU threads during the fit (restored after), 1 by default as in a sweep task
+      (DESIGN.md: one level of parallelism; on a busy machine extra threads cost far more than they give);
+      None leaves torch's setting.
+
+    runtime_s is the batch's wall time divided by R.
     """
     if threads is not None and (not isinstance(threads, (int, np.integer)) or threads < 1):
         raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
@@ -608,7 +615,11 @@ def _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, tr
 def _truth_objectives(spec, batch, truth: MixingMeasure, method, R, device, dtype) -> np.ndarray:
     """The truth's RSS or log-likelihood on each replicate's sample."""
     rep = torch.arange(R, device=device)
-    put = lambda a: torch.as_tensor(np.array(a, dtype=float), dtype=dtype, device=device).expand(R, *np.shape(a))  # noqa: E731
+
+    def put(a):
+        """The truth's block repeated for the R replicates."""
+        return torch.as_tensor(np.array(a, dtype=float), dtype=dtype, device=device).expand(R, *np.shape(a))
+
     if method == "lse":
         act, _ = activation(spec)
         out = torch.zeros(R, dtype=dtype, device=device)
