@@ -15,6 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from . import store  # noqa: E402
 from .config import Experiment, parse_config  # noqa: E402
@@ -101,6 +102,8 @@ def plot_experiment(rows: pd.DataFrame, exp: Experiment, out_dir, quantities=Non
             else:
                 ax.set_xscale("log")
                 ax.set_yscale("log")
+                ax.xaxis.set_minor_formatter(NullFormatter())
+                ax.yaxis.set_minor_formatter(NullFormatter())
                 ax.legend(fontsize=5.5, loc="best")
             ax.set_title(f"{exp.series[s_i].name}: {quantity}", fontsize=8)
             ax.tick_params(labelsize=7)
