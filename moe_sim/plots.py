@@ -1,4 +1,4 @@
-"""Figures (matplotlib, Agg) and rate tables of a finished sweep.
+"""Figures and rate tables of a finished sweep (matplotlib's object API: no pyplot state, any backend).
 
 `report(results_dir, out_dir)` is the whole analysis of one results directory: rate table (CSV and
 Markdown), a log-log figure (PNG and PDF) with one row of panels per series and one column per quantity,
@@ -10,16 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import NullFormatter  # noqa: E402
-
-from . import store  # noqa: E402
-from .config import Experiment, parse_config  # noqa: E402
-from .rates import rate_table, sample_complexity, summarize  # noqa: E402
+from . import store
+from .config import Experiment, parse_config
+from .rates import rate_table, sample_complexity, summarize
 
 TABLE_COLUMNS = ["series", "quantity", "true_atom", "cell_size", "slope", "ci_low", "ci_high", "slope_lognn",
                  "slope_upper", "trimmed_slope", "runaway_share", "failed_share", "predicted_rate", "tag",
@@ -74,13 +72,13 @@ def plot_experiment(rows: pd.DataFrame, exp: Experiment, out_dir, quantities=Non
     summary = summarize(rows, stat)
     rates = rate_table(rows, exp, stat=stat) if rates is None else rates
     series = sorted(rows.series_index.unique())
-    fig, axes = plt.subplots(len(series), len(quantities), figsize=(3.6 * len(quantities), 2.9 * len(series)),
-                             squeeze=False, sharex=True)
+    fig = Figure(figsize=(3.6 * len(quantities), 2.9 * len(series)))
+    axes = fig.subplots(len(series), len(quantities), squeeze=False, sharex=True)
     for r, s_i in enumerate(series):
         for c, quantity in enumerate(quantities):
             ax = axes[r, c]
             part = summary[(summary.series_index == s_i) & (summary.quantity == quantity) & (summary.center > 0)]
-            for color, (atom, sub) in zip(plt.cm.tab10.colors, part.groupby("true_atom")):
+            for color, (atom, sub) in zip(matplotlib.colormaps["tab10"].colors, part.groupby("true_atom")):
                 err = np.vstack([sub.center - sub.ci_low, sub.ci_high - sub.center])
                 ax.errorbar(sub.n, sub.center, yerr=err, fmt="o", ms=3, color=color, capsize=2)
                 fit = rates[(rates.series_index == s_i) & (rates.quantity == quantity) & (rates.true_atom == atom)]
@@ -118,7 +116,8 @@ def plot_experiment(rows: pd.DataFrame, exp: Experiment, out_dir, quantities=Non
 
 def plot_sample_complexity(table: pd.DataFrame, exp: Experiment, out_dir) -> list[Path]:
     """n needed to reach the target error per series, with bootstrap 95% intervals (log scale)."""
-    fig, ax = plt.subplots(figsize=(6, 0.5 + 0.45 * len(table)))
+    fig = Figure(figsize=(6, 0.5 + 0.45 * len(table)))
+    ax = fig.subplots()
     y = np.arange(len(table))
     ok = np.isfinite(table.n_needed.to_numpy())
     lo = np.clip(table.n_needed - table.ci_low, 0, None)[ok]
@@ -140,7 +139,6 @@ def _save(fig, out_dir, basename: str) -> list[Path]:
     paths = [out_dir / f"{basename}.png", out_dir / f"{basename}.pdf"]
     fig.savefig(paths[0], dpi=130)
     fig.savefig(paths[1])
-    plt.close(fig)
     return paths
 
 
