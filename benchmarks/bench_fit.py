@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/bench_fit.py [--reps 5] [--seeds 50] [--sizes 1000 10000 100000]
 
-Floor: one np.exp over a k x n array, timed in the same run, so "x floor" ratios compare across machines.
+Floor: one np.exp over a k x n array, timed in the same run (interleaved with the objective evaluations), so
+"x floor" ratios compare across machines.
 Per iteration: a single-start fit on the full sample (no screening), its runtime over its iterations (an
 L-BFGS-B iteration is about 1.1 objective-and-gradient evaluations; an EM iteration one E and one M step).
 Per fit: the default multi-start `fit` (least squares: kmeans, random and near_truth starts; EM: paper a's
-protocol, 1 near-truth start for k = 2 and 5 for k = 3). BLAS is limited to one thread, as in a sweep task.
+protocol, 1 near-truth start for k = 2 and 5 for k = 3, noise sd 0.05 n^-0.083). BLAS is limited to one thread, as in a sweep task.
 Quality: over `--seeds` samples, the share of fits whose residual sum of squares is no larger than the
 truth's on the same sample (a smaller share means local optima).
 """
@@ -50,7 +51,8 @@ def floor(k: int, n: int, reps: int = 50) -> float:
 def lse_rows(sizes, reps: int, k: int) -> list[dict]:
     rows = []
     for n in sizes:
-        fits, per_iter, evals = [], [], []
+        fits, per_iter, evals, floors = [], [], [], []
+        a = np.random.default_rng(0).standard_normal((k, n))
         for seed in range(reps):
             X, y = ms.sample(TANH, G_TANH, n, rng=seed, noise_sd=TANH_SIGMA, bounds=TANH_BOX)
             fits.append(ms.fit(TANH, X, y, k, rng=seed, G_true=G_TANH).runtime_s)
@@ -58,8 +60,10 @@ def lse_rows(sizes, reps: int, k: int) -> list[dict]:
             per_iter.append(one.runtime_s / max(one.n_iter, 1))
             obj = RSSObjective(TANH, X, y, k)
             theta = one.measure.to_vector()
-            evals.append(median_time(lambda: obj(theta), 20))
-        base = floor(k, n)
+            for _ in range(20):  # interleaved with the floor, so both see the same machine load
+                evals.append(median_time(lambda: obj(theta), 1))
+                floors.append(median_time(lambda: np.exp(a), 1))
+        base = float(np.median(floors))
         rows.append({"model": f"sigmoid tanh, lse, k={k}", "n": n, "fit_s": np.median(fits),
                      "iter_ms": 1e3 * np.median(per_iter), "eval_ms": 1e3 * np.median(evals), "floor_ms": 1e3 * base})
     return rows
@@ -72,9 +76,8 @@ def em_rows(sizes, reps: int, k: int) -> list[dict]:
         fits, per_iter = [], []
         for seed in range(reps):
             X, y = ms.sample(PAPER_A, G_PAPER_A, n, rng=seed, design="equispaced", bounds=(0.0, 1.0))
-            sd = n**-0.083
             res = ms.fit(PAPER_A, X, y, k, method="em", init="near_truth", n_starts=n_starts, rng=seed,
-                         G_true=G_PAPER_A, init_options={"scale": 0.05 * sd})
+                         G_true=G_PAPER_A, init_options={"scale": 0.05, "power": 0.083})
             fits.append(res.runtime_s)
             per_iter.append(res.runtime_s / max(sum(s.n_iter for s in res.starts), 1))
         base = floor(k, n)
@@ -83,17 +86,24 @@ def em_rows(sizes, reps: int, k: int) -> list[dict]:
     return rows
 
 
+QUALITY = (
+    ("default: kmeans, random, near_truth x 8", "default", None),
+    ("truth-free: kmeans, random x 8", ("kmeans", "random"), None),
+    ("truth-free: kmeans, random x 16", ("kmeans", "random"), 16),
+)
+
+
 def quality_rows(n: int, seeds: int) -> list[dict]:
     rows = []
     for k in (2, 3):
-        for label, init in (("default (with near_truth)", "default"), ("truth-free only", ("kmeans", "random"))):
+        for label, init, n_starts in QUALITY:
             ok, times = 0, []
             for seed in range(seeds):
                 X, y = ms.sample(TANH, G_TANH, n, rng=1000 + seed, noise_sd=TANH_SIGMA, bounds=TANH_BOX)
-                res = ms.fit(TANH, X, y, k, init=init, rng=seed, G_true=G_TANH)
+                res = ms.fit(TANH, X, y, k, init=init, n_starts=n_starts, rng=seed, G_true=G_TANH)
                 ok += not res.worse_than_truth
                 times.append(res.runtime_s)
-            rows.append({"k": k, "init": label, "n": n, "no_worse": f"{ok}/{seeds}",
+            rows.append({"k": k, "starts": label, "n": n, "no_worse_than_truth": f"{ok}/{seeds}",
                          "fit_s": float(np.median(times))})
     return rows
 
@@ -111,20 +121,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5, help="samples per size (median over them)")
     parser.add_argument("--seeds", type=int, default=50, help="samples of the quality count (0: skip)")
-    parser.add_argument("--quality-n", type=int, default=10_000, help="sample size of the quality count")
+    parser.add_argument("--quality-n", type=int, nargs="+", default=[10_000], help="sample sizes of the count")
+    parser.add_argument("--skip-timing", action="store_true", help="only the quality count")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     args = parser.parse_args()
     with threadpool_limits(limits=1, user_api="blas"):
-        timing = lse_rows(args.sizes, args.reps, 2) + lse_rows(args.sizes, args.reps, 3)
-        if (Path(ms.__file__).parent / "fit" / "em.py").exists():
-            timing += em_rows(args.sizes, args.reps, 2) + em_rows(args.sizes, args.reps, 3)
-        for row in timing:
-            row["iter_x_floor"] = row["iter_ms"] / row["floor_ms"]
-            row["eval_x_floor"] = row["eval_ms"] / row["floor_ms"]
-        print(markdown(timing))
+        if not args.skip_timing:
+            timing = lse_rows(args.sizes, args.reps, 2) + lse_rows(args.sizes, args.reps, 3)
+            if (Path(ms.__file__).parent / "fit" / "em.py").exists():
+                timing += em_rows(args.sizes, args.reps, 2) + em_rows(args.sizes, args.reps, 3)
+            for row in timing:
+                row["iter_x_floor"] = row["iter_ms"] / row["floor_ms"]
+                row["eval_x_floor"] = row["eval_ms"] / row["floor_ms"]
+            print(markdown(timing), flush=True)
         if args.seeds:
             print()
-            print(markdown(quality_rows(args.quality_n, args.seeds)))
+            print(markdown([row for n in args.quality_n for row in quality_rows(n, args.seeds)]))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ def test_recovers_exactly_specified_sigmoid_tanh_model():
     assert loss < 4 * asymptotic_sd(TANH, G_TANH, X, sigma).sum()
 
 
-@pytest.mark.slow
 def test_truth_free_starts_reach_the_truth_at_large_n():
     n, sigma = 100_000, 0.01
     X, y = ms.sample(TANH, G_TANH, n, rng=2, noise_sd=sigma, bounds=BOX)
