@@ -40,9 +40,9 @@ def cmd_list(args) -> int:
         raise ValueError(f"no *.toml configs in {str(args.configs)!r}")
     for name, path in found.items():
         exp, quick = load_config(path), load_config(path, quick=True)
-        print(f"{name:24s} paper {exp.paper or '-':3s} {len(exp.series):2d} series  n {exp.n_grid[0]}..{exp.n_grid[-1]}"
-              f" x {exp.replicates} reps (quick: n {quick.n_grid[0]}..{quick.n_grid[-1]} x {quick.replicates})"
-              f"  {exp.description}")
+        print(f"{name:22s} {len(exp.series):2d} series  n {exp.n_grid[0]}..{exp.n_grid[-1]} x {exp.replicates} reps"
+              f" (quick: n {quick.n_grid[0]}..{quick.n_grid[-1]} x {quick.replicates})  [paper {exp.paper or '-'}]"
+              f"\n{'':22s} {exp.description}")
     return 0
 
 

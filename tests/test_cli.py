@@ -55,7 +55,7 @@ def configs(tmp_path):
 def test_list(configs, capsys):
     assert main(["--configs", str(configs), "list"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("tiny") and "n 60..240 x 3 reps (quick: n 60..120 x 2)" in out
+    assert out.startswith("tiny") and "n 60..240 x 3 reps (quick: n 60..120 x 2)  [paper b]" in out
 
 
 def test_run_rates_plot(configs, tmp_path, capsys):
