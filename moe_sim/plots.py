@@ -20,8 +20,8 @@ from .config import Experiment, parse_config
 from .rates import rate_table, sample_complexity, summarize
 
 TABLE_COLUMNS = ["series", "quantity", "true_atom", "cell_size", "slope", "ci_low", "ci_high", "slope_lognn",
-                 "slope_upper", "trimmed_slope", "runaway_share", "failed_share", "predicted_rate", "tag",
-                 "verdict"]
+                 "slope_upper", "slope_upper_ci_low", "slope_upper_ci_high", "trimmed_slope", "runaway_share",
+                 "failed_share", "predicted_rate", "tag", "verdict", "verdict_upper"]
 
 
 def experiment_of(results_dir) -> Experiment:
@@ -54,7 +54,7 @@ def write_table(table: pd.DataFrame, out_dir, basename: str, columns=TABLE_COLUM
 
 
 def _label(rate: pd.Series) -> str:
-    text = f"slope {rate.slope:.2f} [{rate.ci_low:.2f}, {rate.ci_high:.2f}]"
+    text = f"slope {rate.slope:.2f} [{rate.ci_low:.2f}, {rate.ci_high:.2f}], upper half {rate.slope_upper:.2f}"
     if rate.true_atom >= 0:
         text = f"atom {rate.true_atom} (cell {rate.cell_size}): " + text
     return text

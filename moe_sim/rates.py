@@ -129,7 +129,9 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
     slope: d log(stat) / d log n (negative when the error decays); slope_lognn: the same against
     log(n / log n); slope_upper: over the upper half of the n grid; trimmed_slope: of 10%-trimmed means.
     cell_size is the most common size of the true atom's Voronoi cell at the largest n. With `exp` (the
-    experiment that produced the rows) each row is compared with the theory's predicted exponent. By default
+    experiment that produced the rows) each row is compared with the theory's predicted exponent, over the
+    whole grid (verdict; against log(n / log n) for the regression function) and over its upper half
+    (verdict_upper: the asymptotic regime, where the pre-asymptotic start of a grid is left out). By default
     every quantity except the signed objective gap.
     """
     _check_stat(stat)
@@ -172,6 +174,8 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
             pred = _prediction(tables[series.name], record["quantity"], cell_size)
             use_nn = record["quantity"] == "regression_l2"
             pred["verdict"] = verdict(pred["predicted"], pred["predicted_rate"], ci_nn if use_nn else ci)
+            pred["verdict_upper"] = verdict(pred["predicted"], pred["predicted_rate"],
+                                            (record["slope_upper_ci_low"], record["slope_upper_ci_high"]))
             record.update(pred)
         out.append(record)
     return pd.DataFrame(out)

@@ -72,7 +72,7 @@ def test_prediction_from_the_experiment():
     rows["k"], rows["true_atom"], rows["cell_size"] = 3, 1, 2
     row = rate_table(rows, exp).iloc[0]
     assert row.cell_size == 2 and row.predicted == 0.25 and row.predicted_rate == "n^-1/4"
-    assert row.verdict == "consistent"
+    assert row.verdict == "consistent" and row.verdict_upper == "consistent"
 
 
 def test_sample_complexity_inverts_the_fitted_line():
