@@ -75,7 +75,7 @@ def cmd_reproduce(args) -> int:
     for name in names:
         exp = load_config(found[name], quick=args.quick)
         out = _run_one(exp, results_root / exp.name, args)
-        rates, paths = report(out, figures)
+        rates, paths = report(out, figures, exp=exp)
         print(f"  {len(rates)} rates, {len(paths)} files in {figures}")
     print(f"reproduce {args.name}: {time.perf_counter() - total:.1f} s")
     return 0

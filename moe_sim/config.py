@@ -55,6 +55,7 @@ ESTIMATOR_KEYS = ("method", "init", "n_starts", "options")
 SERIES_KEYS = ("label", "model", "truth", "k", "estimator", "loss", "data")
 ANALYSIS_KEYS = ("quantities", "target_error", "target_quantity", "target_atom", "stat")
 METHODS = ("lse", "em")
+NOT_FINGERPRINTED = ("analysis", "description", "paper")
 DEFAULT_QUANTITIES = ("loss", "regression_l2", "param:weight:max", "param:gate:max", "param:expert:max")
 
 
@@ -134,8 +135,11 @@ class Experiment:
     raw: dict = field(repr=False)
 
     def fingerprint(self) -> str:
-        """A hash of the effective config: results of different configs must not mix in one directory."""
-        return hashlib.sha256(json.dumps(self.raw, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        """A hash of what the rows depend on: results of different sweeps must not mix in one directory.
+
+        The analysis settings, description and paper are left out: changing them does not invalidate results."""
+        sweep = {key: value for key, value in self.raw.items() if key not in NOT_FINGERPRINTED}
+        return hashlib.sha256(json.dumps(sweep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _n_grid(value) -> tuple[int, ...]:

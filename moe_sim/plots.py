@@ -142,9 +142,10 @@ def _save(fig, out_dir, basename: str) -> list[Path]:
     return paths
 
 
-def report(results_dir, out_dir, stat: str | None = None) -> tuple[pd.DataFrame, list[Path]]:
-    """Rate table (CSV, Markdown) and figures of one results directory, written into out_dir."""
-    exp = experiment_of(results_dir)
+def report(results_dir, out_dir, stat: str | None = None, exp: Experiment | None = None):
+    """Rate table (CSV, Markdown) and figures of one results directory, written into out_dir; returns the
+    rate table and the paths written. `exp` (default: the manifest's config) supplies the analysis settings."""
+    exp = experiment_of(results_dir) if exp is None else exp
     rows = store.load_results(results_dir)
     stat = stat or exp.stat
     rates = rate_table(rows, exp, stat=stat)

@@ -142,3 +142,10 @@ def test_sigmoid_regime_2_losses_are_taken_against_g_bar(tmp_path):
     assert rows.reason.str.contains("G_bar degenerate: atom 2: null atom").all()
     # the regression-function error is still against the truth's f_G*, which G_bar does not reproduce
     assert (rows[rows.quantity == "regression_l2"].value > 0.01).all()
+
+
+def test_analysis_settings_do_not_invalidate_results(exp, tmp_path):
+    run_sweep(exp, tmp_path, fit_fn=fake_fit, tasks=make_tasks(exp)[:1], progress=False)
+    changed = parse_config({**TINY, "description": "new words", "analysis": {"target_error": 0.1}})
+    run_sweep(changed, tmp_path, fit_fn=fake_fit, tasks=make_tasks(exp)[:2], progress=False)
+    assert len(store.finished_tasks(tmp_path)) == 2
