@@ -134,7 +134,7 @@ class _Batch:
         self.y = put(np.stack(ys))
         self.n = self.y.shape[1]
         # Per-replicate ridge of em_fit's expert step: 1e-9 * sum(psi^2) / p.
-        self.psi_norm = torch.einsum("rpn,rpn->r", self.psi, self.psi)
+        self.psi_norm = (self.psi * self.psi).sum(dim=(1, 2))
 
     def chunks(self, rep: Tensor, width: int):
         """(phi, psi, y) column blocks for the replicates `rep` (one per element), sized for `width` rows."""
@@ -287,6 +287,14 @@ def _symmetric(flat: Tensor, size: int) -> Tensor:
     return out
 
 
+def _normalise(a: Tensor) -> tuple[Tensor, Tensor]:
+    """softmax over atoms (dim 1) and logsumexp, from one exp pass (exp is the E-step's cost)."""
+    top = a.amax(dim=1, keepdim=True)
+    e = torch.exp(a - top)
+    total = e.sum(dim=1, keepdim=True)
+    return e / total, (top + torch.log(total))[:, 0]
+
+
 def _em_estep(batch: _Batch, theta: Tensor, expert: Tensor, var: Tensor, rep: Tensor):
     """One E-step pass: log-likelihood (B,), sum_t logsumexp z_t (B,), resp @ rows (B, k, r),
     g @ x^T (B, k, m) and the gate's Newton pair sums (B, K K, m (m + 1) / 2), K = k - 1.
@@ -305,17 +313,14 @@ def _em_estep(batch: _Batch, theta: Tensor, expert: Tensor, var: Tensor, rep: Te
     for phi, psi, y in batch.chunks(rep, 2 * k + n_rows + K * K):
         x = torch.cat([torch.ones_like(phi[:, :1]), phi], dim=1)
         z = torch.bmm(theta, x)
-        lz = torch.logsumexp(z, dim=1)
-        log_g = z - lz[:, None]
+        g, lz = _normalise(z)
         resid = y[:, None] - torch.bmm(expert, psi)
-        log_joint = log_g - 0.5 * (_LOG_2PI + log_var + resid * resid / var[:, :, None])
-        log_dens = torch.logsumexp(log_joint, dim=1)
-        resp = torch.exp(log_joint - log_dens[:, None])
+        log_joint = (z - lz[:, None]) - 0.5 * (_LOG_2PI + log_var + resid * resid / var[:, :, None])
+        resp, log_dens = _normalise(log_joint)
         ll += log_dens.sum(dim=1)
         lse_sum += lz.sum(dim=1)
         rows = torch.cat([x, _pairs(psi), psi * y[:, None], (y * y)[:, None]], dim=1)
         T += torch.bmm(resp, rows.mT)
-        g = torch.exp(log_g)
         Gx += torch.bmm(g, x.mT)
         if K:
             w = -g[:, :K, None, :] * g[:, None, :K, :]
@@ -329,7 +334,9 @@ def _log_partition(batch: _Batch, theta: Tensor, rep: Tensor) -> Tensor:
     out = theta.new_zeros(theta.shape[0])
     for phi, _, _ in batch.chunks(rep, theta.shape[1]):
         x = torch.cat([torch.ones_like(phi[:, :1]), phi], dim=1)
-        out += torch.logsumexp(torch.bmm(theta, x), dim=1).sum(dim=1)
+        z = torch.bmm(theta, x)
+        top = z.amax(dim=1, keepdim=True)
+        out += (top[:, 0] + torch.log(torch.exp(z - top).sum(dim=1))).sum(dim=1)
     return out
 
 
