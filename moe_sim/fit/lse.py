@@ -50,8 +50,9 @@ class RSSObjective:
         return MixingMeasure.from_vector(theta, self.k, self.spec.q, self.spec.p)
 
     def rss(self, G: MixingMeasure) -> float:
-        """Residual sum of squares of G on the sample."""
-        return float(sum(np.sum((y - forward(self.spec, G, part).f) ** 2) for part, y in self.parts))
+        """Residual sum of squares of G on the sample (inf or NaN, without a warning, where it overflows)."""
+        with np.errstate(all="ignore"):
+            return float(sum(np.sum((y - forward(self.spec, G, part).f) ** 2) for part, y in self.parts))
 
     def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """F(theta) = RSS / (2 n var(y)) and its gradient; (inf, 0) where the parameters are not finite."""
