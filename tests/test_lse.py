@@ -188,3 +188,18 @@ def test_initial_measures_shared_with_fit():
     starts = initial_measures(TANH, X, y, 2, "random", 2, rng=8)
     result = lse_fit(TANH, X, y, 2, starts)
     assert len(result.starts) == 2
+
+
+@pytest.mark.parametrize("gate", ["softmax", "sigmoid"])
+@pytest.mark.parametrize("score", ["linear", "quadratic", "partial_quadratic"])
+@pytest.mark.parametrize("expert", sorted(ms.EXPERTS))
+def test_every_family_of_the_zoo_fits(gate, score, expert):
+    d = 1 if expert == "polynomial" else 2
+    spec = ms.MoESpec(gate=gate, score=score, expert=expert, d=d)
+    rng = np.random.default_rng(9)
+    G = ms.MixingMeasure(bias=rng.normal(size=2), gate=rng.normal(size=(2, spec.q)), expert=rng.normal(size=(2, spec.p)))
+    X, y = ms.sample(spec, G, 300, rng=9, noise_sd=0.1)
+    result = fit(spec, X, y, 2, n_starts=1, rng=9, G_true=G)
+    assert result.measure.k == 2 and np.isfinite(result.objective)
+    assert result.objective <= min(s.objective for s in result.starts) + 1e-12
+    assert not result.worse_than_truth
