@@ -85,6 +85,7 @@ class _PairModel:
 
 
 def _loss_curve(spec, G_true, j, X, y, deltas, rng) -> list[float]:
+    """L(delta) for ascending deltas, each fitted from fresh directions and from the previous delta's fit."""
     model = _PairModel(spec, G_true, j)
     k, q, p = model.k, spec.q, spec.p
     measure = lambda theta: MixingMeasure.from_vector(theta, k, q, p)  # noqa: E731
@@ -124,7 +125,7 @@ def profile(
     sigma: float = 0.1,
     n_range=(1e3, 1e5),
     visible_delta: float = 0.1,
-    design: str = "equispaced",
+    design: str | None = None,
     n: int = 400,
     bounds=(-1.0, 1.0),
     flat_tol: float = 1e-24,
@@ -136,8 +137,8 @@ def profile(
     non-zero score are regime 2 and reported, not profiled). A cell is "not identified" when its loss stays
     below flat_tol * var(f_G*) at every delta (exact fits reach about 1e-32; identified FFN cells stay above
     1e-18 here, since C can be tiny); otherwise order and constant come from a straight-line fit of log loss
-    on log delta over the deltas above that floor. design "equispaced" needs d = 1 (use "uniform"
-    otherwise).
+    on log delta over the deltas above that floor. design: the noise-free design on `bounds`, by default
+    "equispaced" for d = 1 and "uniform" otherwise.
     """
     if spec.likelihood != "regression":
         raise ValueError(f"profile needs likelihood='regression', got {spec.likelihood!r}")
@@ -149,12 +150,13 @@ def profile(
     bad = [j for j in cells if not (isinstance(j, (int, np.integer)) and 0 <= j < G_true.k)]
     if bad:
         raise ValueError(f"cells must be true-atom indices in [0, {G_true.k}), got {bad}")
-    deltas = np.asarray(deltas, dtype=float)
+    deltas = np.sort(np.asarray(deltas, dtype=float))
     if deltas.ndim != 1 or deltas.size < 2 or np.any(deltas <= 0):
         raise ValueError(f"deltas must hold at least two positive values, got {deltas!r}")
     if not (sigma > 0 and visible_delta > 0):
         raise ValueError(f"sigma and visible_delta must be positive, got {sigma!r}, {visible_delta!r}")
     rng = np.random.default_rng(rng)
+    design = design or ("equispaced" if spec.d == 1 else "uniform")
     X = draw_design(design, n, spec.d, rng, bounds)
     y = regression_function(spec, G_true, X)
     floor = flat_tol * max(float(np.var(y)), 1e-300)
