@@ -1,11 +1,12 @@
 """G_bar, the target of sigmoid regime 2: the k-atom measure whose f_G is closest to f_G* in L2(mu).
 
-Computed by least squares (`trf_fit`: Gauss-Newton, relative tolerances) on a large noise-free design, inside a compact parameter space that
-excludes null atoms (THEORY.md s1): every weight sigmoid(c) >= weight_min, every expert's size (the largest
+Computed by least squares (`trf_fit`: Gauss-Newton, relative tolerances) on a large noise-free design,
+inside a compact parameter space that excludes null atoms (THEORY.md s1): every weight sigmoid(c) >= weight_min, every expert's size (the largest
 slope coordinate of an affine expert, the largest coefficient otherwise) >= expert_min in absolute value,
 every parameter in [-param_max, param_max]. The expert-size bound is not a box, so each start keeps the sign
 of its largest coordinate and bounds that coordinate away from zero. G_bar then often lies on that boundary
-and depends on it: the result reports such atoms (`issues`) and warns.
+and depends on it: the result lists every parameter on an active bound and every null atom (`issues`),
+and warns.
 """
 
 from __future__ import annotations
@@ -64,22 +65,28 @@ def _start_bounds(spec, G0, weight_min, expert_min, param_max):
     return low, high
 
 
-def _issues(spec, G, X, f_true, weight_min, expert_min, param_max, null_tol) -> list[str]:
+def _issues(spec, G, lim, X, f_true, weight_min, expert_min, null_tol) -> list[str]:
+    """Parameters of G on an active bound of `lim`, and atoms whose contribution g_i h_i vanishes."""
+    theta = G.to_vector()
+    k, q = G.k, spec.q
     issues = []
-    w = spec.weights(G.bias)
-    size = np.abs(G.expert[np.arange(G.k), _size_index(spec, G.expert)])
+    for idx in np.flatnonzero(np.isclose(theta, lim[0], rtol=1e-6, atol=1e-9)
+                              | np.isclose(theta, lim[1], rtol=1e-6, atol=1e-9)):
+        if idx < k:
+            issues.append(f"atom {idx}: weight {spec.weights(theta[idx:idx + 1])[0]:.4g} at weight_min={weight_min}")
+        elif idx < k * (1 + q):
+            issues.append(f"atom {(idx - k) // q}: a gate parameter at the box edge {theta[idx]:.4g}")
+        else:
+            atom = (idx - k * (1 + q)) // spec.p
+            if np.isclose(abs(theta[idx]), expert_min):
+                issues.append(f"atom {atom}: expert size {abs(theta[idx]):.4g} at expert_min={expert_min}")
+            else:
+                issues.append(f"atom {atom}: an expert parameter at the box edge {theta[idx]:.4g}")
     fw = forward(spec, G, Features.of(spec, X))
-    contribution = np.abs(fw.g * fw.h)
+    contribution = np.abs(fw.g * fw.h).max(axis=1)
     scale = max(float(np.std(f_true)), 1e-12)
-    for i in range(G.k):
-        if w[i] <= weight_min * (1 + 1e-6):
-            issues.append(f"atom {i}: weight {w[i]:.4g} at its lower bound weight_min={weight_min}")
-        if size[i] <= expert_min * (1 + 1e-6):
-            issues.append(f"atom {i}: expert size {size[i]:.4g} at its lower bound expert_min={expert_min}")
-        if np.any(np.abs(np.concatenate([G.gate[i], G.expert[i]])) >= param_max * (1 - 1e-6)):
-            issues.append(f"atom {i}: a parameter at the box edge param_max={param_max}")
-        if contribution[i].max() < null_tol * scale:
-            issues.append(f"atom {i}: null atom (max |g_i h_i| = {contribution[i].max():.3g} on the design)")
+    for i in np.flatnonzero(contribution < null_tol * scale):
+        issues.append(f"atom {i}: null atom (max |g_i h_i| = {contribution[i]:.3g} on the design)")
     return issues
 
 
@@ -94,10 +101,11 @@ def _closest(spec, frozen, k, design, n, box, rng, weight_min, expert_min, param
         lim = _start_bounds(spec, start[1], weight_min, expert_min, param_max)
         res = trf_fit(spec, X, y, k, [start], bounds=lim)
         records += res.starts
-        if res.measure is not None and (best is None or res.objective < best.objective):
-            best = res
+        if res.measure is not None and (best is None or res.objective < best[0].objective):
+            best = (res, lim)
+    best, lim = best
     best.starts = records
-    issues = _issues(spec, best.measure, X, y, weight_min, expert_min, param_max, null_tol)
+    issues = _issues(spec, best.measure, lim, X, y, weight_min, expert_min, null_tol)
     return ClosestMeasure(best.measure, best.objective / n, bool(issues), tuple(issues), best)
 
 
