@@ -173,6 +173,27 @@ def test_over_specified_lse_and_batch_independence():
         _assert_local_minimum(spec, X, y, res.measure, res.objective)
 
 
+def test_screening_as_lse_fit():
+    """n > screen: every start is fitted on a subsample drawn from the replicate's rng, the keep best polished."""
+    lse = pytest.importorskip("moe_sim.fit.lse")
+    spec, G = LSE_CASES["softmax-tanh"]
+    Xs, ys = _cell(spec, G, 1200, 2, seed=4)
+    starts = [[(f"s{j}", s) for j, s in enumerate(_near(G, 30 + r, 0.3, 4))] for r in range(2)]
+    options = {"screen": 400, "keep": 2}
+    results = tb.fit_batch(spec, Xs, ys, 2, starts, rngs=[5, 6], **options)
+    again = tb.fit_batch(spec, Xs, ys, 2, starts, rngs=[5, 6], **options)
+    for res, same, X, y, st, seed in zip(results, again, Xs, ys, starts, [5, 6]):
+        assert [s.objective for s in res.starts] == [s.objective for s in same.starts]
+        out = [s for s in res.starts if s.reason == "screened out on 400 points"]
+        assert len(out) == 2 and not any(s.converged for s in out)
+        # Screened-out starts carry their full-sample RSS; the best is a polished one.
+        assert res.objective <= min(s.objective for s in out)
+        assert [s.init for s in res.starts] == ["s0", "s1", "s2", "s3"]
+        ref = lse.lse_fit(spec, X, y, 2, st, rng=seed, **options)
+        assert res.objective <= ref.objective * (1 + 1e-6)
+        _assert_local_minimum(spec, X, y, res.measure, res.objective)
+
+
 def test_softmax_lse_holds_the_last_atom_gate():
     spec, G = LSE_CASES["softmax-tanh"]
     Xs, ys = _cell(spec, G, 300, 1, seed=9)
@@ -253,6 +274,8 @@ def test_em_at_the_cap_reports_not_converged(paper_a):
         ({"max_iter": 1.5}, "max_iter must be"),
         ({"k": 3}, "has 2 atoms, but k=3"),
         ({"method": "em"}, "likelihood='gaussian'"),
+        ({"rngs": [1, 2]}, "rngs has 2 entries"),
+        ({"keep": 0}, "keep must be"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):

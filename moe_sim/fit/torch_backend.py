@@ -37,7 +37,7 @@ import torch
 
 from ..measure import MixingMeasure, MoESpec
 from ..model import Features, check_inputs
-from .lse import box
+from .lse import _distinct_best, box
 from .result import FitResult, StartResult
 
 METHODS = ("lse", "em")
@@ -272,6 +272,66 @@ def _lse(spec, batch, k, theta, rep, lim, tol, xtol, max_iter):
     return theta, rss, n_iter, converged, reasons
 
 
+def _rss(spec, batch: _Batch, k: int, theta: Tensor, rep: Tensor) -> Tensor:
+    """RSS of every row of theta (B, P) on its replicate's sample: forward passes only."""
+    act, _ = activation(spec)
+    bias, gate, expert = _split(spec, k, theta)
+    out = theta.new_zeros(theta.shape[0])
+    for phi, psi, y in batch.chunks(rep, 2 * k):
+        out += ((y - _forward(spec, act, bias, gate, expert, phi, psi)[-1]) ** 2).sum(dim=1)
+    return out
+
+
+def _lse_tol(tol, n: int, dtype: str) -> float:
+    """The caller's tol, else lse_fit's n-aware one, floored for the dtype."""
+    return max(LSE_FTOL_N / n, _LSE_TOL_FLOOR[dtype]) if tol is None else tol
+
+
+def _lse_multistart(spec, batch, data, groups, owner, k, theta0, lim, tol, dtype, max_iter, screen, keep, rngs):
+    """`lse_fit`'s multi-start over the batch: optional screening on subsamples, then LM on the full samples.
+
+    Returns theta, RSS, n_iter, converged, reasons per element, and which elements may be a replicate's best
+    (not screened out).
+    """
+    B, n, xtol = theta0.shape[0], batch.n, _XTOL[dtype]
+    prior = torch.zeros(B, dtype=torch.long)
+    big = [r for r, g in enumerate(groups) if screen is not None and n > screen and len(g) > keep]
+    out = np.zeros(B, dtype=bool)
+    if big:
+        picks = [np.random.default_rng(rngs[r]).choice(n, screen, replace=False) for r in big]
+        sub = _Batch(spec, [data[r][0][i] for r, i in zip(big, picks)], [data[r][1][i] for r, i in zip(big, picks)],
+                     theta0.device, theta0.dtype)
+        elems = np.flatnonzero(np.isin(owner, big))
+        slot = {r: j for j, r in enumerate(big)}
+        sub_rep = torch.as_tensor([slot[owner[e]] for e in elems], device=theta0.device)
+        te = torch.as_tensor(elems, device=theta0.device)
+        theta_s, rss_s, it_s, _, _ = _lse(spec, sub, k, theta0[te], sub_rep, lim, _lse_tol(tol, screen, dtype),
+                                          xtol, max_iter)
+        theta0[te], prior[torch.as_tensor(elems)] = theta_s, it_s
+        rss_s = rss_s.cpu().double().numpy()
+        for r in big:
+            mine = np.flatnonzero(owner[elems] == r)
+            kept = set(mine[_distinct_best([float(v) for v in rss_s[mine]], keep)])
+            out[elems[[j for j in mine if j not in kept]]] = True
+    polish = torch.as_tensor(np.flatnonzero(~out), device=theta0.device)
+    rep = torch.as_tensor(owner, device=theta0.device)
+    theta_p, rss_p, it_p, conv_p, why_p = _lse(spec, batch, k, theta0[polish], rep[polish], lim,
+                                               _lse_tol(tol, n, dtype), xtol, max_iter)
+    theta, rss = theta0.clone(), theta0.new_full((B,), math.nan)
+    theta[polish], rss[polish] = theta_p, rss_p
+    n_iter, converged = prior.clone(), torch.zeros(B, dtype=torch.bool)
+    cpu_polish = polish.cpu()
+    n_iter[cpu_polish] += it_p
+    converged[cpu_polish] = conv_p
+    reasons = [f"screened out on {screen} points"] * B
+    for e, why in zip(cpu_polish.tolist(), why_p):
+        reasons[e] = why
+    if out.any():
+        gone = torch.as_tensor(np.flatnonzero(out), device=theta0.device)
+        rss[gone] = _rss(spec, batch, k, theta[gone], rep[gone])
+    return theta, rss, n_iter, converged, reasons, ~out
+
+
 def _pairs(x: Tensor) -> Tensor:
     """(B, m, c) -> (B, m (m + 1) / 2, c): products x_a x_b, a <= b (row-major upper triangle)."""
     ia, ib = torch.triu_indices(x.shape[1], x.shape[1], device=x.device)
@@ -496,6 +556,9 @@ def fit_batch(
     truth: MixingMeasure | None = None,
     bounds=None,
     var_floor: float = 1e-6,
+    screen: int | None = 2000,
+    keep: int = 4,
+    rngs=None,
     threads: int | None = 1,
 ) -> list[FitResult]:
     """Fit R replicates of one cell (same n) as one batched torch computation; one FitResult per replicate.
@@ -511,7 +574,11 @@ def fit_batch(
       (predicted and actual) below which a start has converged, LSE_FTOL_N / n by default as in `lse_fit`;
       for "em" the relative log-likelihood change, EM_TOL by default as in `em_fit`.
     - truth: the true measure, to record truth_objective and worse_than_truth as the NumPy estimators do.
-    - bounds (lse only): as in `lse_fit`. var_floor (em only): as in `em_fit`.
+    - bounds, screen, keep (lse only): as in `lse_fit`: when n > screen, a replicate with more than `keep`
+      starts fits them all first on a random subsample of `screen` points (drawn from rngs[r], one seed or
+      Generator per replicate, the Generator `lse_fit` would get), then polishes the `keep` best distinct
+      optima on the full sample; the others are recorded as "screened out". var_floor (em only): as in
+      `em_fit`.
     - threads: torch's CPU threads during the fit (restored after), 1 by default as in a sweep task
       (DESIGN.md: one level of parallelism; on a busy machine extra threads cost far more than they give);
       None leaves torch's setting.
@@ -524,12 +591,14 @@ def fit_batch(
     if threads is not None:
         torch.set_num_threads(int(threads))
     try:
-        return _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, truth, bounds, var_floor)
+        return _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, truth, bounds, var_floor,
+                          screen, keep, rngs)
     finally:
         torch.set_num_threads(before)
 
 
-def _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, truth, bounds, var_floor):
+def _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, truth, bounds, var_floor, screen,
+               keep, rngs):
     """fit_batch under its thread setting."""
     t0 = time.perf_counter()
     if method not in METHODS:
@@ -561,10 +630,15 @@ def _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, tr
     if len(sizes) != 1:
         raise ValueError(f"every replicate of a batch must have the same n, got n in {sorted(sizes)}")
     R = len(data)
-    if tol is None:
-        tol = max(LSE_FTOL_N / data[0][1].shape[0], _LSE_TOL_FLOOR[dtype]) if method == "lse" else EM_TOL
-    if not (np.isfinite(tol) and tol >= 0):
+    if tol is not None and not (np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+    if screen is not None and (not isinstance(screen, (int, np.integer)) or screen < 1):
+        raise ValueError(f"screen must be a positive integer or None, got {screen!r}")
+    if not isinstance(keep, (int, np.integer)) or keep < 1:
+        raise ValueError(f"keep must be a positive integer, got {keep!r}")
+    rngs = [None] * R if rngs is None else list(rngs)
+    if len(rngs) != R:
+        raise ValueError(f"rngs has {len(rngs)} entries, one per replicate needed ({R} replicates)")
     groups = _check_starts(spec, k, starts, R)
     if truth is not None:
         spec.check_measure(truth, "truth")
@@ -574,17 +648,18 @@ def _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, tr
     rep = torch.as_tensor(owner, device=device)
     flat = [G for g in groups for _, G in g]
     P = k * (1 + spec.q + spec.p)
+    eligible = np.ones(len(flat), dtype=bool)
     if method == "lse":
         theta0 = torch.as_tensor(np.stack([G.to_vector()[:P] for G in flat]), dtype=tdtype, device=device)
-        lim = box(spec, k, bounds)
-        theta, obj, n_iter, converged, reasons = _lse(
-            spec, batch, k, theta0, rep, lim, tol, _XTOL[dtype], max_iter
+        theta, obj, n_iter, converged, reasons, eligible = _lse_multistart(
+            spec, batch, data, groups, owner, k, theta0, box(spec, k, bounds), tol, dtype, max_iter, screen, keep,
+            rngs,
         )
         theta = theta.cpu().double().numpy()
         measures = [MixingMeasure.from_vector(t, k, spec.q, spec.p) if np.all(np.isfinite(t)) else None for t in theta]
     else:
         (th, ex, va), obj, n_iter, converged, reasons = _em(
-            spec, batch, k, flat, rep, tol, max_iter, var_floor, device, tdtype
+            spec, batch, k, flat, rep, EM_TOL if tol is None else tol, max_iter, var_floor, device, tdtype
         )
         th, ex, va = (a.cpu().double().numpy() for a in (th, ex, va))
         measures = [MixingMeasure(t[:, 0], t[:, 1:], e, v) for t, e, v in zip(th, ex, va)]
@@ -599,7 +674,7 @@ def _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, tr
             StartResult(name, float(obj[e]), int(n_iter[e]), bool(converged[e]), reasons[e])
             for (name, _), e in zip(group, elems)
         ]
-        finite = [e for e in elems if np.isfinite(obj[e]) and measures[e] is not None]
+        finite = [e for e in elems if eligible[e] and np.isfinite(obj[e]) and measures[e] is not None]
         if not finite:
             results.append(FitResult(None, np.nan, int(sum(s.n_iter for s in records)), False, runtime, method,
                                      "every start ended with a non-finite objective", records))
@@ -628,11 +703,7 @@ def _truth_objectives(spec, batch, truth: MixingMeasure, method, R, device, dtyp
         return torch.as_tensor(np.array(a, dtype=float), dtype=dtype, device=device).expand(R, *np.shape(a))
 
     if method == "lse":
-        act, _ = activation(spec)
-        out = torch.zeros(R, dtype=dtype, device=device)
-        for phi, psi, y in batch.chunks(rep, 2 * truth.k):
-            f = _forward(spec, act, put(truth.bias), put(truth.gate), put(truth.expert), phi, psi)[-1]
-            out += ((y - f) ** 2).sum(dim=1)
+        out = _rss(spec, batch, truth.k, put(truth.to_vector()[: truth.k * (1 + spec.q + spec.p)]), rep)
     else:
         theta = put(np.column_stack([truth.bias, truth.gate]))
         out = _em_estep(batch, theta.contiguous(), put(truth.expert).contiguous(), put(truth.var), rep)[0]
