@@ -258,6 +258,23 @@ def test_em_reproduces_em_fit(paper_a, k):
                                    rtol=1e-6)
 
 
+def test_em_matches_ms_fit_on_the_same_seeds(paper_a):
+    """The sweep's batched path: starts from initial_measures with each replicate's fit seed, as ms.fit does."""
+    fit_mod = pytest.importorskip("moe_sim.fit")
+    spec, G = paper_a
+    Xs, ys = _cell(spec, G, 800, 3, seed=13, design="equispaced", bounds=(0.0, 1.0))
+    seeds = [np.random.SeedSequence(13, spawn_key=(r, 1)) for r in range(3)]
+    rngs = [np.random.default_rng(seed) for seed in seeds]
+    starts = [fit_mod.initial_measures(spec, X, y, 2, "default", 1, rng, G) for X, y, rng in zip(Xs, ys, rngs)]
+    results = tb.fit_batch(spec, Xs, ys, 2, starts, method="em", truth=G, rngs=rngs)
+    for res, X, y, seed in zip(results, Xs, ys, seeds):
+        ref = ms.fit(spec, X, y, 2, method="em", rng=seed, G_true=G)
+        assert [s.init for s in res.starts] == [s.init for s in ref.starts]
+        np.testing.assert_allclose(res.objective, ref.objective, rtol=1e-10)
+        np.testing.assert_allclose(res.truth_objective, ref.truth_objective, rtol=1e-12)
+        assert res.worse_than_truth == ref.worse_than_truth
+
+
 def test_em_at_the_cap_reports_not_converged(paper_a):
     spec, G = paper_a
     Xs, ys = _cell(spec, G, 300, 1, seed=2, design="equispaced", bounds=(0.0, 1.0))

@@ -282,12 +282,13 @@ def _rss(spec, batch: _Batch, k: int, theta: Tensor, rep: Tensor) -> Tensor:
     return out
 
 
-def _lse_tol(tol, n: int, dtype: str) -> float:
-    """The caller's tol, else lse_fit's n-aware one, floored for the dtype."""
-    return max(LSE_FTOL_N / n, _LSE_TOL_FLOOR[dtype]) if tol is None else tol
+def _lse_tol(tol, ftol_n: float, n: int, dtype: str) -> float:
+    """The caller's tol, else lse_fit's n-aware ftol_n / n, floored for the dtype."""
+    return max(ftol_n / n, _LSE_TOL_FLOOR[dtype]) if tol is None else tol
 
 
-def _lse_multistart(spec, batch, data, groups, owner, k, theta0, lim, tol, dtype, max_iter, screen, keep, rngs):
+def _lse_multistart(spec, batch, data, groups, owner, k, theta0, lim, tol, ftol_n, dtype, max_iter, screen, keep,
+                    rngs):
     """`lse_fit`'s multi-start over the batch: optional screening on subsamples, then LM on the full samples.
 
     Returns theta, RSS, n_iter, converged, reasons per element, and which elements may be a replicate's best
@@ -305,7 +306,7 @@ def _lse_multistart(spec, batch, data, groups, owner, k, theta0, lim, tol, dtype
         slot = {r: j for j, r in enumerate(big)}
         sub_rep = torch.as_tensor([slot[owner[e]] for e in elems], device=theta0.device)
         te = torch.as_tensor(elems, device=theta0.device)
-        theta_s, rss_s, it_s, _, _ = _lse(spec, sub, k, theta0[te], sub_rep, lim, _lse_tol(tol, screen, dtype),
+        theta_s, rss_s, it_s, _, _ = _lse(spec, sub, k, theta0[te], sub_rep, lim, _lse_tol(tol, ftol_n, screen, dtype),
                                           xtol, max_iter)
         theta0[te], prior[torch.as_tensor(elems)] = theta_s, it_s
         rss_s = rss_s.cpu().double().numpy()
@@ -316,7 +317,7 @@ def _lse_multistart(spec, batch, data, groups, owner, k, theta0, lim, tol, dtype
     polish = torch.as_tensor(np.flatnonzero(~out), device=theta0.device)
     rep = torch.as_tensor(owner, device=theta0.device)
     theta_p, rss_p, it_p, conv_p, why_p = _lse(spec, batch, k, theta0[polish], rep[polish], lim,
-                                               _lse_tol(tol, n, dtype), xtol, max_iter)
+                                               _lse_tol(tol, ftol_n, n, dtype), xtol, max_iter)
     theta, rss = theta0.clone(), theta0.new_full((B,), math.nan)
     theta[polish], rss[polish] = theta_p, rss_p
     n_iter, converged = prior.clone(), torch.zeros(B, dtype=torch.bool)
@@ -559,6 +560,7 @@ def fit_batch(
     screen: int | None = 2000,
     keep: int = 4,
     rngs=None,
+    ftol_n: float = LSE_FTOL_N,
     threads: int | None = 1,
 ) -> list[FitResult]:
     """Fit R replicates of one cell (same n) as one batched torch computation; one FitResult per replicate.
@@ -571,8 +573,9 @@ def fit_batch(
     - device: None (CUDA when available, else CPU) or anything torch.device accepts; dtype: "float64" or
       "float32".
     - max_iter: per-start cap (DEFAULT_MAX_ITER). tol: for "lse" MINPACK's ftol, the relative RSS decrease
-      (predicted and actual) below which a start has converged, LSE_FTOL_N / n by default as in `lse_fit`;
-      for "em" the relative log-likelihood change, EM_TOL by default as in `em_fit`.
+      (predicted and actual) below which a start has converged, by default ftol_n / n as in `lse_fit` (n of
+      the subsample while screening); for "em" the relative log-likelihood change, EM_TOL by default as in
+      `em_fit`.
     - truth: the true measure, to record truth_objective and worse_than_truth as the NumPy estimators do.
     - bounds, screen, keep (lse only): as in `lse_fit`: when n > screen, a replicate with more than `keep`
       starts fits them all first on a random subsample of `screen` points (drawn from rngs[r], one seed or
@@ -592,13 +595,13 @@ def fit_batch(
         torch.set_num_threads(int(threads))
     try:
         return _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, truth, bounds, var_floor,
-                          screen, keep, rngs)
+                          screen, keep, rngs, ftol_n)
     finally:
         torch.set_num_threads(before)
 
 
 def _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, truth, bounds, var_floor, screen,
-               keep, rngs):
+               keep, rngs, ftol_n):
     """fit_batch under its thread setting."""
     t0 = time.perf_counter()
     if method not in METHODS:
@@ -632,6 +635,8 @@ def _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, tr
     R = len(data)
     if tol is not None and not (np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
+    if not (np.isfinite(ftol_n) and ftol_n >= 0):
+        raise ValueError(f"ftol_n must be a non-negative number, got {ftol_n!r}")
     if screen is not None and (not isinstance(screen, (int, np.integer)) or screen < 1):
         raise ValueError(f"screen must be a positive integer or None, got {screen!r}")
     if not isinstance(keep, (int, np.integer)) or keep < 1:
@@ -652,8 +657,8 @@ def _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, tr
     if method == "lse":
         theta0 = torch.as_tensor(np.stack([G.to_vector()[:P] for G in flat]), dtype=tdtype, device=device)
         theta, obj, n_iter, converged, reasons, eligible = _lse_multistart(
-            spec, batch, data, groups, owner, k, theta0, box(spec, k, bounds), tol, dtype, max_iter, screen, keep,
-            rngs,
+            spec, batch, data, groups, owner, k, theta0, box(spec, k, bounds), tol, ftol_n, dtype, max_iter, screen,
+            keep, rngs,
         )
         theta = theta.cpu().double().numpy()
         measures = [MixingMeasure.from_vector(t, k, spec.q, spec.p) if np.all(np.isfinite(t)) else None for t in theta]
