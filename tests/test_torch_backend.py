@@ -321,7 +321,8 @@ def test_cuda_matches_cpu(method, paper_a):
     cpu = tb.fit_batch(spec, Xs, ys, 2, starts, method=method, device="cpu")
     gpu = tb.fit_batch(spec, Xs, ys, 2, starts, method=method, device="cuda")
     for a, b in zip(cpu, gpu):
-        np.testing.assert_allclose(b.objective, a.objective, rtol=1e-9)
+        # Different kernels round differently; LM stops within about its tolerance (1e-6 / n) of the optimum.
+        np.testing.assert_allclose(b.objective, a.objective, rtol=1e-7)
 
 
 def test_the_numpy_path_needs_no_torch():

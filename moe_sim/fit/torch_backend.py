@@ -50,7 +50,9 @@ _LSE_TOL_FLOOR = {"float64": 1e-15, "float32": 1e-6}
 EM_TOL = 1e-6
 DEFAULT_MAX_ITER = {"lse": 500, "em": 2000}
 _XTOL = {"float64": 1e-10, "float32": 1e-5}
-_CHUNK_ELEMENTS = 1 << 21  # elements of one (B, width, chunk) working array
+# Elements of one (B, width, chunk) working array: cache-sized on a CPU; on a GPU, large enough that a pass
+# is a few kernel launches (2^25 doubles = 256 MiB).
+_CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 25}
 _EM_RIDGE = 1e-9  # as moe_sim.fit.em
 _MAX_HALVINGS = 40
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -133,12 +135,13 @@ class _Batch:
         self.psi = put(np.stack([f.psi for f in feats]))
         self.y = put(np.stack(ys))
         self.n = self.y.shape[1]
+        self.budget = _CHUNK_ELEMENTS.get(self.y.device.type, _CHUNK_ELEMENTS["cpu"])
         # Per-replicate ridge of em_fit's expert step: 1e-9 * sum(psi^2) / p.
         self.psi_norm = (self.psi * self.psi).sum(dim=(1, 2))
 
     def chunks(self, rep: Tensor, width: int):
         """(phi, psi, y) column blocks for the replicates `rep` (one per element), sized for `width` rows."""
-        size = max(256, min(self.n, _CHUNK_ELEMENTS // max(1, len(rep) * width)))
+        size = max(256, min(self.n, self.budget // max(1, len(rep) * width)))
         for a in range(0, self.n, size):
             s = slice(a, min(a + size, self.n))
             yield self.phi[rep, :, s], self.psi[rep, :, s], self.y[rep, s]
