@@ -10,10 +10,10 @@ from scipy.optimize import minimize
 import moe_sim as ms
 from moe_sim.model import Features, forward, regression_vjp
 
+from .conftest import random_measure
+
 torch = pytest.importorskip("torch")
 tb = pytest.importorskip("moe_sim.fit.torch_backend")
-
-from .conftest import random_measure  # noqa: E402
 
 
 def _cell(spec, G, n, R, seed=0, **kw):
@@ -87,7 +87,10 @@ def test_forward_and_jacobian_mirror_the_numpy_model(gate, score, expert, d):
     v = rng.normal(size=300)
     feats = Features.of(spec, X)
     act, dact = tb.activation(spec)
-    t = lambda a: torch.as_tensor(np.stack(a))  # noqa: E731
+
+    def t(arrays):
+        return torch.as_tensor(np.stack(arrays))
+
     phi, psi = t([feats.phi] * 2), t([feats.psi] * 2)
     _, g, u, h, f = tb._forward(spec, act, t([G.bias for G in Gs]), t([G.gate for G in Gs]),
                                 t([G.expert for G in Gs]), phi, psi)

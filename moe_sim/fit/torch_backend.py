@@ -16,7 +16,8 @@ the data gathers the rows of the still-active elements, so a finished element co
   mostly at degenerate fits with dead atoms); an undamped Gauss-Newton decrement guard was tried and
   dropped, because over-specified cells make J^T J nearly singular and it then never passes. The softmax
   translation is removed by holding the last atom's (bias, gate) at its start value, which leaves the set
-  of regression functions unchanged. `bounds` (as in `lse_fit`) projects every trial point onto the box.
+  of regression functions unchanged. `bounds` (as in `lse_fit`) projects every trial point onto the box;
+  `screen` and `keep` screen many starts on subsamples first, as `lse_fit` does.
 - method "em" (softmax Gaussian MoE, experts linear in their parameters): the algorithm of
   `moe_sim.fit.em.em_fit`, step for step (ridge WLS experts towards the current expert, variances floored,
   one Newton step on the gate with halving on the expected complete log-likelihood, last atom pinned at zero),
@@ -130,7 +131,9 @@ class _Batch:
 
     def __init__(self, spec: MoESpec, Xs, ys, device, dtype):
         feats = [Features.of(spec, X) for X in Xs]
-        put = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)  # noqa: E731
+        def put(a):
+            return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)
+
         self.phi = put(np.stack([f.phi for f in feats]))
         self.psi = put(np.stack([f.psi for f in feats]))
         self.y = put(np.stack(ys))
@@ -196,6 +199,7 @@ def _lse_pass(spec, act, dact, batch: _Batch, k: int, theta: Tensor, rep: Tensor
 
 
 def _finite_rows(*tensors: Tensor) -> Tensor:
+    """(B,) mask of the batch elements whose entries are all finite in every tensor."""
     ok = torch.ones(tensors[0].shape[0], dtype=torch.bool, device=tensors[0].device)
     for t in tensors:
         ok &= torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
@@ -461,7 +465,9 @@ def _em_mstep(batch, theta, expert, var, rep, T, Gx, W, lse_sum, var_floor):
 
 def _em(spec, batch, k, G0s: list[MixingMeasure], rep, tol, max_iter, var_floor, device, dtype):
     """em_fit's iteration for every start at once; returns the best-iterate measures and diagnostics."""
-    put = lambda a: torch.as_tensor(np.array(a, dtype=float), dtype=dtype, device=device)  # noqa: E731
+    def put(a):
+        return torch.as_tensor(np.array(a, dtype=float), dtype=dtype, device=device)
+
     theta = put(np.stack([np.column_stack([G.bias, G.gate]) for G in G0s]))
     theta = theta - theta[:, -1:, :]
     expert = put(np.stack([G.expert for G in G0s]))
