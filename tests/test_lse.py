@@ -125,6 +125,8 @@ def test_non_finite_fit_returns_unconverged_result():
         ({"init_options": {"sd": 1}}, "init_options has unknown keys"),
         ({"n_starts": 0}, "n_starts must be a positive integer"),
         ({"init": "near_truth"}, "needs the true measure"),
+        ({"screen": 0}, "screen must be 'auto', None or a positive integer"),
+        ({"keep": 0}, "keep must be a positive integer"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):
