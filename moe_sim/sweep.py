@@ -53,13 +53,12 @@ class Task:
 
 def make_tasks(exp: Experiment) -> list[Task]:
     """All tasks of an experiment, largest n first (the longest tasks start early)."""
-    tasks = [
+    return [
         Task(s, i, start, min(start + exp.chunk, exp.replicates))
         for i in reversed(range(len(exp.n_grid)))
         for s in range(len(exp.series))
         for start in range(0, exp.replicates, exp.chunk)
     ]
-    return tasks
 
 
 def replicate_seeds(entropy: int, series: Series, series_index: int, n_index: int, replicate: int):

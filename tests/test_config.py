@@ -1,6 +1,7 @@
 """Experiment configs: parsing, quick overrides, series expansion, data sharing and error messages."""
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +98,12 @@ def test_load_config_from_toml(tmp_path):
     (tmp_path / "bad.toml").write_text("name = ")
     with pytest.raises(ValueError, match="not valid TOML"):
         load_config(tmp_path / "bad.toml")
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "experiments").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_shipped_experiments_parse(path):
+    full, quick = load_config(path), load_config(path, quick=True)
+    assert full.name == path.stem and quick.name == f"{path.stem}_quick"
+    assert quick.n_grid[-1] <= full.n_grid[-1] and quick.replicates <= full.replicates
+    assert full.seed is not None, "shipped experiments are reproducible: they fix their seed"
