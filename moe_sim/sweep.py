@@ -111,10 +111,6 @@ def _evaluate(exp: Experiment, series: Series, ref: MixingMeasure, result, n: in
     return rows
 
 
-def _init(init):
-    return init if isinstance(init, str) else list(init)
-
-
 def run_task(exp: Experiment, task: Task, entropy: int, fit_fn=None, closest_fn=None) -> pd.DataFrame:
     """Sample, fit and evaluate the replicates of one task; a failed fit becomes rows with status 'failed'."""
     if fit_fn is None:
@@ -130,7 +126,7 @@ def run_task(exp: Experiment, task: Task, entropy: int, fit_fn=None, closest_fn=
                           bounds=exp.bounds)
             tic = time.perf_counter()
             try:
-                result = fit_fn(series.spec, X, y, series.k, method=series.method, init=_init(series.init),
+                result = fit_fn(series.spec, X, y, series.k, method=series.method, init=series.init,
                                 n_starts=series.n_starts, rng=fit_seed, G_true=series.truth, backend="numpy",
                                 **series.options)
                 reason = result.reason
