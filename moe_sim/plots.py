@@ -110,7 +110,7 @@ def plot_experiment(rows: pd.DataFrame, exp: Experiment, out_dir, quantities=Non
             if c == 0:
                 ax.set_ylabel(f"{stat} (95% CI)", fontsize=8)
     fig.suptitle(f"{exp.name}: {exp.description}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))  # room for the title
     return _save(fig, out_dir, exp.name)
 
 
