@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from scipy.special import expit, ndtr
+from scipy.special import ndtr
 
 Array = np.ndarray
 
@@ -45,11 +45,23 @@ def score_features(score: str, X: Array) -> Array:
     return np.vstack([quad, Xt])
 
 
+def sigmoid(z: Array) -> Array:
+    """The logistic function as 0.5 + 0.5 tanh(z / 2), in place on a new array: several times faster than
+    scipy.special.expit on NumPy's vectorised tanh. Accurate to rounding in absolute terms; below
+    z = -37 it returns 0 where expit returns a tiny positive number."""
+    out = np.array(z, dtype=float)
+    out *= 0.5
+    np.tanh(out, out=out)
+    out *= 0.5
+    out += 0.5
+    return out
+
+
 def _identity(u: Array) -> Array:
     return u
 
 
-def _ones(u: Array) -> Array:
+def _ones(u: Array, h: Array) -> Array:
     return np.ones_like(u)
 
 
@@ -57,7 +69,7 @@ def _relu(u: Array) -> Array:
     return np.maximum(u, 0.0)
 
 
-def _relu_grad(u: Array) -> Array:
+def _relu_grad(u: Array, h: Array) -> Array:
     return (u > 0).astype(u.dtype)
 
 
@@ -68,18 +80,16 @@ def _gelu(u: Array) -> Array:
     return u * ndtr(u)
 
 
-def _gelu_grad(u: Array) -> Array:
+def _gelu_grad(u: Array, h: Array) -> Array:
     return ndtr(u) + u * _INV_SQRT_2PI * np.exp(-0.5 * u * u)
 
 
-def _sigmoid_grad(u: Array) -> Array:
-    s = expit(u)
-    return s * (1.0 - s)
+def _sigmoid_grad(u: Array, h: Array) -> Array:
+    return h * (1.0 - h)
 
 
-def _tanh_grad(u: Array) -> Array:
-    t = np.tanh(u)
-    return 1.0 - t * t
+def _tanh_grad(u: Array, h: Array) -> Array:
+    return 1.0 - h * h
 
 
 def affine_features(X: Array) -> Array:
@@ -95,15 +105,16 @@ def _constant_features(X: Array) -> Array:
 class ExpertFamily:
     """An expert h(x; eta) = activation(eta . features(x)).
 
-    features(X, degree) maps (n, d) inputs to a (p, n) array; n_params(d, degree) gives p. `identifiable`
-    says whether over-specified cells of this family converge under least squares ("strong": FFN experts
-    that are not positively homogeneous; "homogeneous": ReLU, a scale trade inside a cell; "weak": linear
-    and polynomial; "none": input-independent). `affine` marks the [b, a] layout (intercept first).
+    features(X, degree) maps (n, d) inputs to a (p, n) array; n_params(d, degree) gives p; derivative(u, h)
+    is activation'(u), given u and h = activation(u) so that tanh and sigmoid reuse h. `identifiable` says
+    whether over-specified cells of this family converge under least squares ("strong": FFN experts that
+    are not positively homogeneous; "homogeneous": ReLU, a scale trade inside a cell; "weak": linear and
+    polynomial; "none": input-independent). `affine` marks the [b, a] layout (intercept first).
     """
 
     name: str
     activation: Callable[[Array], Array]
-    derivative: Callable[[Array], Array]
+    derivative: Callable[[Array, Array], Array]
     features: Callable[[Array, int], Array]
     n_params: Callable[[int, int], int]
     identifiable: str = "strong"
@@ -137,7 +148,7 @@ EXPERTS: dict[str, ExpertFamily] = {
     ),
     "relu": _ffn("relu", _relu, _relu_grad, identifiable="homogeneous"),
     "gelu": _ffn("gelu", _gelu, _gelu_grad),
-    "sigmoid": _ffn("sigmoid", expit, _sigmoid_grad),
+    "sigmoid": _ffn("sigmoid", sigmoid, _sigmoid_grad),
     "tanh": _ffn("tanh", np.tanh, _tanh_grad),
     "constant": ExpertFamily(
         "constant", _identity, _ones, lambda X, degree: _constant_features(X), lambda d, degree: 1,

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import expit
-
-from .families import EXPERTS, SCORES, ExpertFamily, score_dim
+from .families import EXPERTS, SCORES, ExpertFamily, score_dim, sigmoid
 
 GATES = ("softmax", "sigmoid")
 LIKELIHOODS = ("regression", "gaussian")
@@ -70,7 +68,7 @@ class MoESpec:
 
     def weights(self, bias: np.ndarray) -> np.ndarray:
         """Atom weights w(c): exp(c) for softmax, sigmoid(c) for sigmoid."""
-        return np.exp(bias) if self.gate == "softmax" else expit(bias)
+        return np.exp(bias) if self.gate == "softmax" else sigmoid(bias)
 
     def check_measure(self, G: "MixingMeasure", name: str = "G") -> "MixingMeasure":
         """Raise a ValueError unless G's parameter shapes fit this family."""

@@ -10,9 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.special import expit
-
-from .families import score_features
+from .families import score_features, sigmoid
 from .measure import MixingMeasure, MoESpec
 
 Array = np.ndarray
@@ -91,7 +89,7 @@ def forward(spec: MoESpec, G: MixingMeasure, feats: Features) -> Forward:
         g = np.exp(z - z.max(axis=0))
         g /= g.sum(axis=0)
     else:
-        g = expit(z)
+        g = sigmoid(z)
     f = np.einsum("kn,kn->n", g, h)
     return Forward(z, g, u, h, f)
 
@@ -99,10 +97,12 @@ def forward(spec: MoESpec, G: MixingMeasure, feats: Features) -> Forward:
 def _local_derivatives(spec: MoESpec, fw: Forward) -> tuple[Array, Array]:
     """df/dz and df/du, both (k, n)."""
     if spec.gate == "softmax":
-        dfdz = fw.g * (fw.h - fw.f)
+        dfdz = fw.h - fw.f
     else:
-        dfdz = fw.g * (1.0 - fw.g) * fw.h
-    dfdu = fw.g * spec.expert_family.derivative(fw.u)
+        dfdz = 1.0 - fw.g
+        dfdz *= fw.h
+    dfdz *= fw.g
+    dfdu = fw.g * spec.expert_family.derivative(fw.u, fw.h)
     return dfdz, dfdu
 
 
@@ -129,9 +129,9 @@ def regression_gradient(spec: MoESpec, G: MixingMeasure, X) -> dict[str, Array]:
 
 def regression_vjp(spec: MoESpec, G: MixingMeasure, feats: Features, fw: Forward, v: Array) -> dict[str, Array]:
     """sum_t v_t df(x_t)/dtheta for every parameter block: the gradient of any loss whose df is v."""
-    dfdz, dfdu = _local_derivatives(spec, fw)
-    dz = dfdz * v
-    du = dfdu * v
+    dz, du = _local_derivatives(spec, fw)
+    dz *= v
+    du *= v
     return {"bias": dz.sum(axis=1), "gate": dz @ feats.phi.T, "expert": du @ feats.psi.T}
 
 
@@ -171,7 +171,7 @@ def log_density_gradient(spec: MoESpec, G: MixingMeasure, X, y) -> dict[str, Arr
     dz = resp - fw.g
     resid = y[None, :] - fw.h
     var = G.var[:, None]
-    du = resp * resid / var * spec.expert_family.derivative(fw.u)
+    du = resp * resid / var * spec.expert_family.derivative(fw.u, fw.h)
     return {
         "bias": dz,
         "gate": dz[:, None, :] * feats.phi[None],

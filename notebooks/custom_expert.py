@@ -14,7 +14,8 @@
 # # A new expert family, without editing the package
 #
 # Every expert in moe-sim is h(x; eta) = activation(eta . features(x)). A new family is an `ExpertFamily`
-# with those pieces and the activation's derivative; `register_expert` makes it available by name to
+# with those pieces and the activation's derivative (given u and h = activation(u), so that families
+# like tanh can reuse h); `register_expert` makes it available by name to
 # `MoESpec` and to sweep configs. Here: SiLU (swish) experts, h = u sigmoid(u) with u = a x + b.
 
 # %% tags=["parameters"]
@@ -42,9 +43,10 @@ def silu(u):
     return u * expit(u)
 
 
-def silu_derivative(u):
+def silu_derivative(u, h):
+    """d/du of u sigmoid(u), given u and h = silu(u)."""
     s = expit(u)
-    return s * (1 + u * (1 - s))
+    return s + h * (1 - s)
 
 
 ms.register_expert(ms.ExpertFamily(

@@ -177,7 +177,7 @@ def test_custom_expert_family_runs_through_the_model():
     softplus = ms.ExpertFamily(
         name="softplus_test",
         activation=lambda u: np.logaddexp(0.0, u),
-        derivative=lambda u: 1 / (1 + np.exp(-u)),
+        derivative=lambda u, h: 1 / (1 + np.exp(-u)),
         features=lambda X, degree: np.vstack([np.ones(len(X)), X.T]),
         n_params=lambda d, degree: d + 1,
     )
@@ -187,3 +187,13 @@ def test_custom_expert_family_runs_through_the_model():
     analytic = _flatten(ms.regression_gradient(spec, G, X), ["bias", "gate", "expert"])
     numeric = _numeric_jacobian(lambda H: ms.regression_function(spec, H, X), G)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_fast_sigmoid_matches_expit():
+    from scipy.special import expit
+
+    from moe_sim.families import sigmoid
+
+    z = np.linspace(-60, 60, 100001)
+    np.testing.assert_allclose(sigmoid(z), expit(z), rtol=0, atol=4.5e-16)  # two ulps of 1
+    np.testing.assert_allclose(sigmoid(0.3), expit(0.3), rtol=1e-15)

@@ -33,9 +33,10 @@ def _linearisation_point(spec: MoESpec) -> tuple[float, float, float]:
     """(u0, act(u0), act'(u0)) at the candidate pre-activation where the activation is steepest."""
     fam = spec.expert_family
     cand = np.array([0.0, 0.5, 1.0, -0.5, -1.0])
-    slope = fam.derivative(cand)
+    values = fam.activation(cand)
+    slope = fam.derivative(cand, values)
     i = int(np.argmax(slope))
-    return float(cand[i]), float(fam.activation(cand[i : i + 1])[0]), float(slope[i])
+    return float(cand[i]), float(values[i]), float(slope[i])
 
 
 def _solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
