@@ -351,3 +351,23 @@ def test_the_numpy_path_needs_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "refused"
+
+
+@pytest.mark.parametrize("method", ["lse", "em"])
+def test_fit_entry_point_runs_the_torch_backend(method, paper_a):
+    """ms.fit(backend="torch") reaches the NumPy backend's objective (1e-6 relative) or better."""
+    if method == "lse":
+        spec = ms.MoESpec(gate="softmax", expert="tanh")
+        G = ms.MixingMeasure([0.0, 0.0], [[2.0], [0.0]], [[1.0, -1.3], [-1.7, -0.4]])
+        X, y = ms.sample(spec, G, 3000, rng=11, noise_sd=0.1, bounds=(-3, 3))
+        better = 1.0  # residual sum of squares: lower is better
+    else:
+        spec, G = paper_a
+        X, y = ms.sample(spec, G, 3000, rng=11, design="equispaced", bounds=(0, 1))
+        better = -1.0  # log-likelihood: higher is better
+    numpy_fit = ms.fit(spec, X, y, 2, method=method, rng=5, G_true=G)
+    torch_fit = ms.fit(spec, X, y, 2, method=method, rng=5, G_true=G, backend="torch")
+    assert torch_fit.converged and torch_fit.truth_objective == pytest.approx(numpy_fit.truth_objective)
+    assert better * (torch_fit.objective - numpy_fit.objective) <= 1e-6 * abs(numpy_fit.objective)
+    np.testing.assert_allclose(ms.voronoi_loss(spec, torch_fit.measure, G),
+                               ms.voronoi_loss(spec, numpy_fit.measure, G), rtol=1e-2)

@@ -15,7 +15,7 @@ from .profile import Profile, profile
 from .result import FitResult, StartResult
 
 METHODS = ("lse", "em")
-BACKENDS = ("numpy",)
+BACKENDS = ("numpy", "torch")
 DEFAULT_STARTS = {"lse": 8, "em": 1}
 
 __all__ = [
@@ -46,8 +46,10 @@ def fit(
     init_options: keyword arguments of the strategies (near_truth: scale, power).
     G_true: the truth, used by near_truth and to store the truth's objective on the same sample
     (FitResult.truth_objective, worse_than_truth).
-    options: passed to the estimator (lse: bounds, ftol_n, gtol, max_iter, maxcor, screen, keep; em: tol, max_iter,
-    var_floor).
+    backend: "numpy" (scipy L-BFGS-B / NumPy EM) or "torch" (`torch_backend.fit_batch` on a batch of one:
+    Levenberg-Marquardt for lse; install the torch extra).
+    options: passed to the estimator (lse: bounds, ftol_n, gtol, max_iter, maxcor, screen, keep; em: tol,
+    max_iter, var_floor; torch: device, dtype, and the lse/em options but gtol and maxcor).
     """
     t0 = time.perf_counter()
     if method not in METHODS:
@@ -65,15 +67,19 @@ def fit(
         spec, X, y, k, init, DEFAULT_STARTS[method] if n_starts is None else n_starts, rng, G_true,
         **(init_options or {}),
     )
-    if method == "lse":
+    if backend == "torch":
+        from .torch_backend import fit_batch
+
+        result = fit_batch(spec, [X], [y], k, [starts], method=method, truth=G_true, rngs=[rng], **options)[0]
+    elif method == "lse":
         result = lse_fit(spec, X, y, k, starts, G_true=G_true, rng=rng, **options)
     else:
         from .em import em_fit
 
         result = em_fit(spec, X, y, k, starts, rng=rng, **options)
-        if G_true is not None:
-            result.truth_objective = float(np.sum(log_density(spec, G_true, X, y)))
-            margin = 1e-9 * abs(result.truth_objective)
-            result.worse_than_truth = bool(result.objective < result.truth_objective - margin)
+    if method == "em" and G_true is not None and result.truth_objective is None:
+        result.truth_objective = float(np.sum(log_density(spec, G_true, X, y)))
+        margin = 1e-9 * abs(result.truth_objective)
+        result.worse_than_truth = bool(result.objective < result.truth_objective - margin)
     result.runtime_s = time.perf_counter() - t0
     return result

@@ -40,6 +40,13 @@ from .result import FitResult, StartResult
 _BLOCKS = ("bias", "gate", "expert")
 
 
+def screen_size(screen, n: int) -> int | None:
+    """The subsample size of start screening: "auto" is max(2000, n // 10), None disables screening."""
+    if not (screen is None or screen == "auto" or (isinstance(screen, (int, np.integer)) and screen > 0)):
+        raise ValueError(f"screen must be 'auto', None or a positive integer, got {screen!r}")
+    return max(2000, n // 10) if screen == "auto" else screen
+
+
 class RSSObjective:
     """The scaled residual sum of squares and its gradient, over features chunked once per data set."""
 
@@ -111,7 +118,7 @@ def _reason(res) -> tuple[bool, str]:
     return True, f"stopped at machine precision: {res.message}"
 
 
-def _distinct_best(values: list[float], keep: int) -> list[int]:
+def distinct_best(values: list[float], keep: int) -> list[int]:
     """Indices of the `keep` lowest finite values, preferring distinct optima (1e-7 relative apart)."""
     order = [i for i in np.argsort(values, kind="stable") if np.isfinite(values[i])]
     distinct = [i for j, i in enumerate(order) if j == 0 or values[i] > values[order[j - 1]] * (1 + 1e-7)]
@@ -167,8 +174,6 @@ def lse_fit(
             raise ValueError(f"start {name!r} has {G.k} atoms, k={k}")
     if not isinstance(keep, (int, np.integer)) or keep < 1:
         raise ValueError(f"keep must be a positive integer, got {keep!r}")
-    if not (screen is None or screen == "auto" or (isinstance(screen, (int, np.integer)) and screen > 0)):
-        raise ValueError(f"screen must be 'auto', None or a positive integer, got {screen!r}")
     lim = box(spec, k, bounds)
     size = k * (1 + spec.q + spec.p)
     thetas = [G.to_vector()[:size] for _, G in starts]
@@ -180,13 +185,12 @@ def lse_fit(
     records: list[StartResult | None] = [None] * len(starts)
     with threadpool_limits(limits=1, user_api="blas"):
         polish = range(len(starts))
-        if screen == "auto":
-            screen = max(2000, obj.n // 10)
+        screen = screen_size(screen, obj.n)
         if screen is not None and obj.n > screen and len(starts) > keep:
             idx = np.random.default_rng(rng).choice(obj.n, screen, replace=False)
             sub = RSSObjective(spec, X[idx], y[idx], k)
             pre = [_minimise(sub, theta, lim, ftol_n, gtol, max_iter, maxcor) for theta in thetas]
-            polish = _distinct_best([r.fun for r in pre], keep)
+            polish = distinct_best([r.fun for r in pre], keep)
             for i in sorted(set(range(len(starts))) - set(polish)):
                 rss = obj.rss(obj.measure(pre[i].x)) if np.all(np.isfinite(pre[i].x)) else np.nan
                 records[i] = StartResult(names[i], rss, int(pre[i].nit), False, f"screened out on {screen} points")

@@ -38,7 +38,7 @@ import torch
 
 from ..measure import MixingMeasure, MoESpec
 from ..model import Features, check_inputs
-from .lse import _distinct_best, box
+from .lse import box, distinct_best, screen_size
 from .result import FitResult, StartResult
 
 METHODS = ("lse", "em")
@@ -320,7 +320,7 @@ def _lse_multistart(spec, batch, data, groups, owner, k, theta0, lim, tol, ftol_
         rss_s = rss_s.cpu().double().numpy()
         for r in big:
             mine = np.flatnonzero(owner[elems] == r)
-            kept = set(mine[_distinct_best([float(v) for v in rss_s[mine]], keep)])
+            kept = set(mine[distinct_best([float(v) for v in rss_s[mine]], keep)])
             out[elems[[j for j in mine if j not in kept]]] = True
     polish = torch.as_tensor(np.flatnonzero(~out), device=theta0.device)
     rep = torch.as_tensor(owner, device=theta0.device)
@@ -567,7 +567,7 @@ def fit_batch(
     truth: MixingMeasure | None = None,
     bounds=None,
     var_floor: float = 1e-6,
-    screen: int | None = 2000,
+    screen: int | str | None = "auto",
     keep: int = 4,
     rngs=None,
     ftol_n: float = LSE_FTOL_N,
@@ -587,9 +587,10 @@ def fit_batch(
       the subsample while screening); for "em" the relative log-likelihood change, EM_TOL by default as in
       `em_fit`.
     - truth: the true measure, to record truth_objective and worse_than_truth as the NumPy estimators do.
-    - bounds, screen, keep (lse only): as in `lse_fit`: when n > screen, a replicate with more than `keep`
-      starts fits them all first on a random subsample of `screen` points (drawn from rngs[r], one seed or
-      Generator per replicate, the Generator `lse_fit` would get), then polishes the `keep` best distinct
+    - bounds, screen, keep (lse only): as in `lse_fit`: when n > screen ("auto": max(2000, n // 10)), a
+      replicate with more than `keep` starts fits them all first on a random subsample of `screen` points
+      (drawn from rngs[r], one seed or Generator per replicate, the Generator `lse_fit` would get), then
+      polishes the `keep` best distinct
       optima on the full sample; the others are recorded as "screened out". var_floor (em only): as in
       `em_fit`.
     - threads: torch's CPU threads during the fit (restored after), 1 by default as in a sweep task
@@ -643,12 +644,11 @@ def _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, tr
     if len(sizes) != 1:
         raise ValueError(f"every replicate of a batch must have the same n, got n in {sorted(sizes)}")
     R = len(data)
+    screen = screen_size(screen, sizes.pop())
     if tol is not None and not (np.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a non-negative number, got {tol!r}")
     if not (np.isfinite(ftol_n) and ftol_n >= 0):
         raise ValueError(f"ftol_n must be a non-negative number, got {ftol_n!r}")
-    if screen is not None and (not isinstance(screen, (int, np.integer)) or screen < 1):
-        raise ValueError(f"screen must be a positive integer or None, got {screen!r}")
     if not isinstance(keep, (int, np.integer)) or keep < 1:
         raise ValueError(f"keep must be a positive integer, got {keep!r}")
     rngs = [None] * R if rngs is None else list(rngs)
