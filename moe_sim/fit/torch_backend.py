@@ -590,9 +590,8 @@ def fit_batch(
     - bounds, screen, keep (lse only): as in `lse_fit`: when n > screen ("auto": max(2000, n // 10)), a
       replicate with more than `keep` starts fits them all first on a random subsample of `screen` points
       (drawn from rngs[r], one seed or Generator per replicate, the Generator `lse_fit` would get), then
-      polishes the `keep` best distinct
-      optima on the full sample; the others are recorded as "screened out". var_floor (em only): as in
-      `em_fit`.
+      polishes the `keep` best distinct optima on the full sample; the others are recorded as "screened
+      out". var_floor (em only): as in `em_fit`.
     - threads: torch's CPU threads during the fit (restored after), 1 by default as in a sweep task
       (DESIGN.md: one level of parallelism; on a busy machine extra threads cost far more than they give);
       None leaves torch's setting.
