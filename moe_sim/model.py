@@ -14,7 +14,7 @@ from .families import score_features, sigmoid
 from .measure import MixingMeasure, MoESpec
 
 Array = np.ndarray
-CHUNK = 4096
+CHUNK = 8192
 _LOG_2PI = np.log(2.0 * np.pi)
 
 
