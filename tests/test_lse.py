@@ -205,3 +205,12 @@ def test_every_family_of_the_zoo_fits(gate, score, expert):
     assert result.measure.k == 2 and np.isfinite(result.objective)
     assert result.objective <= min(s.objective for s in result.starts) + 1e-12
     assert not result.worse_than_truth
+
+
+def test_low_noise_fit_reaches_the_truths_objective():
+    """At sigma = 2e-4 the scaled objective is ~1e-7: the run must continue past scipy's absolute test."""
+    spec = ms.MoESpec(gate="softmax", expert="sigmoid")
+    G = ms.MixingMeasure(bias=[-2.0, 0.0], gate=[[4.0], [0.0]], expert=[[-6.0, 12.0], [4.0, -10.0]])
+    X, y = ms.sample(spec, G, 5000, rng=3, noise_sd=2e-4, bounds=(0.0, 1.0))
+    result = fit(spec, X, y, 3, rng=3, G_true=G)
+    assert result.converged and not result.worse_than_truth

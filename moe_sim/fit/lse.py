@@ -127,13 +127,37 @@ def distinct_best(values: list[float], keep: int) -> list[int]:
     return sorted(chosen)
 
 
+_RESCALE_BELOW = 1e-2
+
+
 def _minimise(obj: RSSObjective, theta0: np.ndarray, lim, ftol_n: float, gtol: float, max_iter: int,
               maxcor: int):
-    """One L-BFGS-B run with the n-aware tolerance."""
+    """L-BFGS-B with the n-aware tolerance, continued on a rescaled objective while its value is small.
+
+    scipy's test (f_k - f_k+1) / max(|f_k|, |f_k+1|, 1) <= ftol is absolute when f < 1, and F = RSS / (2 n
+    var(y)) is about sigma^2 / (2 var(y)): at low noise the run stops long before the relative precision
+    ftol. So while F < 1e-2 at the end of a run, the run continues from there on F / F_end (at most twice).
+    """
     options = {"ftol": max(ftol_n / obj.n, 1e-15), "gtol": gtol, "maxiter": max_iter, "maxfun": 2 * max_iter,
                "maxcor": maxcor}
-    return minimize(obj, theta0, jac=True, method="L-BFGS-B", options=options,
-                    bounds=None if lim is None else list(zip(*lim)))
+    box_ = None if lim is None else list(zip(*lim))
+    result = minimize(obj, theta0, jac=True, method="L-BFGS-B", options=options, bounds=box_)
+    nit = result.nit
+    for _ in range(2):
+        if not (np.isfinite(result.fun) and 0 < result.fun < _RESCALE_BELOW):
+            break
+        factor = 1.0 / result.fun
+
+        def scaled(theta, factor=factor):
+            value, grad = obj(theta)
+            return value * factor, grad * factor
+
+        again = minimize(scaled, result.x, jac=True, method="L-BFGS-B", options=options, bounds=box_)
+        nit += again.nit
+        again.fun /= factor
+        result = again
+    result.nit = nit
+    return result
 
 
 def lse_fit(
