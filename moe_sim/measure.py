@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.special import logsumexp
 from .families import EXPERTS, SCORES, ExpertFamily, score_dim, sigmoid
 
 GATES = ("softmax", "sigmoid")
@@ -67,8 +68,20 @@ class MoESpec:
         return self.expert_family.n_params(self.d, self.degree)
 
     def weights(self, bias: np.ndarray) -> np.ndarray:
-        """Atom weights w(c): exp(c) for softmax, sigmoid(c) for sigmoid."""
-        return np.exp(bias) if self.gate == "softmax" else sigmoid(bias)
+        """Atom weights w(c): exp(c) for softmax (inf for a runaway bias, without a warning), sigmoid(c)."""
+        if self.gate == "sigmoid":
+            return sigmoid(bias)
+        with np.errstate(over="ignore"):
+            return np.exp(bias)
+
+    def weight_shares(self, bias: np.ndarray) -> np.ndarray:
+        """w(c_i) / sum_j w(c_j) over the given atoms, stable for softmax biases that overflow exp."""
+        if len(bias) == 0:
+            return np.zeros(0)
+        if self.gate == "softmax":
+            return np.exp(bias - logsumexp(bias))
+        w = sigmoid(bias)
+        return w / w.sum()
 
     def check_measure(self, G: "MixingMeasure", name: str = "G") -> "MixingMeasure":
         """Raise a ValueError unless G's parameter shapes fit this family."""

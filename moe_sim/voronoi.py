@@ -169,7 +169,9 @@ def align(spec: MoESpec, G: MixingMeasure, G_true: MixingMeasure, kind: str = "a
     best = None
     for t0, t in _candidate_translations(spec, G, G_true):
         moved = G.translate(t0, t)
-        loss = _loss_fixed(spec, moved, G_true, kind, r)
+        with np.errstate(invalid="ignore"):  # an overflowing weight times a zero error: no candidate
+            loss = _loss_fixed(spec, moved, G_true, kind, r)
+        loss = np.inf if np.isnan(loss) else loss
         if best is None or loss < best[1]:
             best = (moved, loss)
     return best[0], best[1], kind
@@ -213,7 +215,7 @@ def parameter_errors(spec: MoESpec, G: MixingMeasure, G_true: MixingMeasure, kin
             blocks.update(expert_intercept=e.intercept, expert_slope=e.slope)
         if G.var is not None:
             blocks["var"] = e.var
-        share = w[cell] / w[cell].sum() if len(cell) else w[cell]
+        share = spec.weight_shares(G.bias[cell])
         for block, err in blocks.items():
             rows.append({
                 **base, "block": block,

@@ -185,3 +185,15 @@ def test_bad_kind_is_named(sigmoid_tanh):
         ms.voronoi_loss(spec, G, G, kind="D4")
     with pytest.raises(ValueError, match="kind='D2' needs likelihood='gaussian'"):
         ms.voronoi_loss(spec, G, G, kind="D2")
+
+
+def test_runaway_softmax_biases_are_translated_back():
+    """Fitted biases beyond exp's range: the translation infimum brings them back, errors stay finite."""
+    spec = ms.MoESpec(gate="softmax", expert="tanh")
+    G_true = ms.MixingMeasure([0.0, 0.0], [[2.0], [0.0]], [[1.0, -1.3], [-1.7, -0.4]])
+    G = ms.MixingMeasure([800.0, 799.0, 0.0], [[2.0], [2.1], [0.0]], [[1.0, -1.3], [1.1, -1.3], [-1.7, -0.4]])
+    assert np.isfinite(ms.voronoi_loss(spec, G, G_true, kind="D1"))
+    errors = ms.parameter_errors(spec, G, G_true, kind="D1").set_index(["true_atom", "block"])
+    share = 1 / (1 + np.exp(-1.0))  # exp(800) / (exp(800) + exp(799))
+    np.testing.assert_allclose(errors.loc[(0, "expert"), "mean_error"], (1 - share) * 0.1, rtol=1e-12)
+    np.testing.assert_allclose(errors.loc[(1, "weight"), "max_error"], 1.0, rtol=1e-12)
