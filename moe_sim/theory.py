@@ -22,7 +22,7 @@ from .voronoi import cell_exponent, sigmoid_regime
 class Rule:
     gate: str  # "softmax" | "sigmoid" | "any"
     estimator: str  # "mle" (Gaussian MoE, EM) | "lse"
-    score: str  # "linear" | "quadratic" (fully or partially) | "any"
+    score: str  # "linear" | "quadratic" | "partial_quadratic" | "quadratic*" (either quadratic) | "any"
     experts: str  # "strong" | "homogeneous" | "weak" | "none" (ExpertFamily.identifiable)
     regime: int | None  # sigmoid regime (1, 2); None: any (softmax has no regimes)
     cell: str  # "exact" | "over"
@@ -59,18 +59,28 @@ RULES: tuple[Rule, ...] = (
     Rule("sigmoid", "lse", "any", "strong", 2, "exact", _EXACT, "R", "paper c; Yan et al. 2025 (towards G_bar)"),
     Rule("sigmoid", "lse", "any", "homogeneous", 2, "exact", _EXACT, "R", "paper c; Yan et al. 2025 (towards G_bar)"),
     Rule("sigmoid", "lse", "any", "weak", 2, "exact", _EXACT, "R", "paper c; Yan et al. 2025 (towards G_bar)"),
-    # Quadratic scores (attention rows).
+    # Quadratic scores (attention rows). THEORY.md states 1/log^lambda(n) for the fully quadratic score only;
+    # a partially quadratic score is a linear score over the monomial features x_u x_v, so it gets the
+    # linear score's rates (reconstructed; the profile pre-flight finds its split quartic, experiments/README).
+    Rule("softmax", "lse", "partial_quadratic", "strong", None, "exact", _EXACT, "R",
+         "linear score over monomial features"),
+    Rule("softmax", "lse", "partial_quadratic", "strong", None, "over",
+         {"weight": HALF, "gate": QUARTER, "expert": QUARTER}, "R", "linear score over monomial features"),
+    Rule("softmax", "lse", "partial_quadratic", "weak", None, "exact", _EXACT, "R",
+         "linear score over monomial features"),
+    Rule("softmax", "lse", "partial_quadratic", "weak", None, "over", _SLOW, "R",
+         "linear score over monomial features"),
     Rule("softmax", "lse", "quadratic", "weak", None, "exact", _EXACT, "R", "Yan et al. 2025"),
     Rule("softmax", "lse", "quadratic", "weak", None, "over",
          {"weight": HALF, "gate": "1/log^lambda(n)", "expert": "1/log^lambda(n)"}, "R", "Yan et al. 2025"),
     Rule("softmax", "lse", "quadratic", "strong", None, "exact", _EXACT, "R", "Yan et al. 2025"),
     Rule("softmax", "lse", "quadratic", "strong", None, "over",
          {"weight": HALF, "gate": "1/log^lambda(n)", "expert": "1/log^lambda(n)"}, "R", "Yan et al. 2025"),
-    Rule("sigmoid", "lse", "quadratic", "strong", 1, "exact", _EXACT, "R", "Yan et al. 2025"),
-    Rule("sigmoid", "lse", "quadratic", "strong", 1, "over",
+    Rule("sigmoid", "lse", "quadratic*", "strong", 1, "exact", _EXACT, "R", "Yan et al. 2025"),
+    Rule("sigmoid", "lse", "quadratic*", "strong", 1, "over",
          {"weight": HALF, "gate": QUARTER, "expert": QUARTER}, "R", "Yan et al. 2025"),
-    Rule("sigmoid", "lse", "quadratic", "weak", 1, "exact", _EXACT, "R", "Yan et al. 2025"),
-    Rule("sigmoid", "lse", "quadratic", "weak", 1, "over", _SLOW, "R", "Yan et al. 2025"),
+    Rule("sigmoid", "lse", "quadratic*", "weak", 1, "exact", _EXACT, "R", "Yan et al. 2025"),
+    Rule("sigmoid", "lse", "quadratic*", "weak", 1, "over", _SLOW, "R", "Yan et al. 2025"),
     # Input-independent experts.
     Rule("any", "lse", "any", "none", None, "exact", {"weight": "slow", "gate": "slow", "expert": "slow"},
          "R", "THEORY.md s3"),
@@ -83,7 +93,7 @@ def _matches(rule: Rule, gate: str, estimator: str, score: str, experts: str, re
     return (
         rule.gate in ("any", gate)
         and rule.estimator == estimator
-        and rule.score in ("any", score)
+        and (rule.score in ("any", score) or (rule.score == "quadratic*" and score != "linear"))
         and rule.experts == experts
         and (rule.regime is None or regime is None or rule.regime == regime)
     )
@@ -112,7 +122,6 @@ def predicted_rates(spec: MoESpec, G_true: MixingMeasure, k: int, r=None) -> pd.
     if not isinstance(k, (int, np.integer)) or k < G_true.k:
         raise ValueError(f"k must be an integer >= the number of true atoms ({G_true.k}), got {k!r}")
     estimator = "mle" if spec.likelihood == "gaussian" else "lse"
-    score = "linear" if spec.score == "linear" else "quadratic"
     regime = sigmoid_regime(G_true) if spec.gate == "sigmoid" else None
     reference = "G_bar" if regime == 2 else "G*"
     rows = [{"cell": "all", "cell_size": np.nan, "block": "regression_function", "exponent": 0.5,
@@ -121,7 +130,7 @@ def predicted_rates(spec: MoESpec, G_true: MixingMeasure, k: int, r=None) -> pd.
     for m in sizes:
         cell = "exact" if m == 1 else "over"
         found = [rl for rl in RULES if rl.cell == cell and _matches(
-            rl, spec.gate, estimator, score, spec.expert_family.identifiable, regime)]
+            rl, spec.gate, estimator, spec.score, spec.expert_family.identifiable, regime)]
         if not found:
             rows.append({"cell": cell, "cell_size": m, "block": "any", "exponent": np.nan,
                          "rate": "no prediction", "reference": reference, "tag": "", "source": ""})

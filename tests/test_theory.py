@@ -69,3 +69,13 @@ def test_k_below_truth_is_rejected(paper_a):
     spec, G = paper_a
     with pytest.raises(ValueError, match="k must be an integer >= the number of true atoms"):
         ms.predicted_rates(spec, G, 1)
+
+
+def test_partially_quadratic_softmax_follows_the_linear_score():
+    spec = ms.MoESpec(gate="softmax", score="partial_quadratic", expert="tanh")
+    G = ms.MixingMeasure([0.0, 0.0], [[1.0], [0.0]], [[0.0, 1.0], [1.0, -1.0]])
+    row = _rate(ms.predicted_rates(spec, G, 3), "over", "expert", 2)
+    assert row.exponent == 0.25 and row.tag == "R"
+    sigmoid = ms.MoESpec(gate="sigmoid", score="partial_quadratic", expert="tanh")
+    regime1 = ms.MixingMeasure([0.0, 0.0], [[1.0], [0.0]], [[0.0, 1.0], [1.0, -1.0]])
+    assert _rate(ms.predicted_rates(sigmoid, regime1, 3), "over", "gate", 2).exponent == 0.25
