@@ -40,7 +40,7 @@ TOP_KEYS = {
     "n": "sample sizes: a list of integers, or a table {start, stop, num} for a geometric grid",
     "replicates": "replicates per (series, n): a positive integer",
     "chunk": "replicates per task: a positive integer",
-    "estimator": "table: method, init, n_starts, options",
+    "estimator": "table: method, init, n_starts, options, backend ('numpy' | 'torch')",
     "seed": "seed entropy: a non-negative integer",
     "loss": f"Voronoi loss kind: one of {', '.join(LOSS_KINDS)}",
     "eval_n": "size of the fresh evaluation design for the regression-function error",
@@ -51,7 +51,8 @@ TOP_KEYS = {
 }
 MODEL_KEYS = ("gate", "score", "expert", "d", "likelihood", "degree", "temperature")
 TRUTH_KEYS = ("bias", "gate", "expert", "var")
-ESTIMATOR_KEYS = ("method", "init", "n_starts", "options")
+ESTIMATOR_KEYS = ("method", "init", "n_starts", "options", "backend")
+FIT_BACKENDS = ("numpy", "torch")
 SERIES_KEYS = ("label", "model", "truth", "k", "estimator", "loss", "data")
 ANALYSIS_KEYS = ("quantities", "target_error", "target_quantity", "target_atom", "stat")
 METHODS = ("lse", "em")
@@ -102,6 +103,7 @@ class Series:
     options: dict
     loss: str
     data_index: int
+    backend: str = "numpy"
 
     @property
     def name(self) -> str:
@@ -179,8 +181,11 @@ def _truth(table: dict, spec: MoESpec, where: str) -> MixingMeasure:
         raise ValueError(f"config table {where!r} = {table!r}: {exc}") from exc
 
 
-def _estimator(table: dict, where: str) -> tuple[str, str | list, int | None, dict]:
+def _estimator(table: dict, where: str) -> tuple[str, str | list, int | None, dict, str]:
     _check_keys(table, ESTIMATOR_KEYS, where)
+    backend = table.get("backend", "numpy")
+    if backend not in FIT_BACKENDS:
+        raise _fail(f"{where}.backend", backend, f"choose one of {', '.join(FIT_BACKENDS)}")
     method = table.get("method", "lse")
     if method not in METHODS:
         raise _fail(f"{where}.method", method, f"choose one of {', '.join(METHODS)}")
@@ -193,7 +198,7 @@ def _estimator(table: dict, where: str) -> tuple[str, str | list, int | None, di
     options = table.get("options", {})
     if not isinstance(options, dict):
         raise _fail(f"{where}.options", options, "expected a table of estimator options")
-    return method, init, n_starts, dict(options)
+    return method, init, n_starts, dict(options), backend
 
 
 def _data_key(spec: MoESpec, truth: MixingMeasure) -> str:
@@ -267,7 +272,7 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
         truth = _truth(merged["truth"], spec, f"{where}.truth")
         ks = merged.get("k", truth.k)
         ks = ks if isinstance(ks, list) else [ks]
-        method, init, n_starts, options = _estimator(merged.get("estimator", {}), f"{where}.estimator")
+        method, init, n_starts, options, backend = _estimator(merged.get("estimator", {}), f"{where}.estimator")
         if (method == "em") != (spec.likelihood == "gaussian"):
             raise _fail(f"{where}.estimator.method", method,
                         f"'em' goes with likelihood='gaussian' and 'lse' with 'regression' (got {spec.likelihood!r})")
@@ -285,7 +290,7 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
             if k < truth.k:
                 raise _fail(f"{where}.k", k, f"expected k >= the number of true atoms ({truth.k})")
             series.append(Series(label, spec, truth, k, method, init if isinstance(init, str) else tuple(init),
-                                 n_starts, options, s_loss, data_keys[key][0]))
+                                 n_starts, options, s_loss, data_keys[key][0], backend))
     names = [s.name for s in series]
     if len(set(names)) != len(names):
         raise _fail("series", names, "each (label, k) pair must be unique")

@@ -111,28 +111,55 @@ def _evaluate(exp: Experiment, series: Series, ref: MixingMeasure, result, n: in
     return rows
 
 
-def run_task(exp: Experiment, task: Task, entropy: int, fit_fn=None, closest_fn=None) -> pd.DataFrame:
-    """Sample, fit and evaluate the replicates of one task; a failed fit becomes rows with status 'failed'."""
+def _fit_one(fit_fn, series: Series, X, y, fit_seed):
+    """(result, reason, seconds) of one replicate's `ms.fit`; a numerical failure is a reason, not a crash."""
     if fit_fn is None:
         from .fit import fit as fit_fn
+    tic = time.perf_counter()
+    try:
+        result = fit_fn(series.spec, X, y, series.k, method=series.method, init=series.init,
+                        n_starts=series.n_starts, rng=fit_seed, G_true=series.truth, backend=series.backend,
+                        **series.options)
+        return result, result.reason, time.perf_counter() - tic
+    except FIT_ERRORS as exc:
+        return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - tic
+
+
+def _fit_cell_torch(series: Series, data, fit_seeds):
+    """Every replicate of the task as one batched torch fit, started exactly as `ms.fit` starts them."""
+    from .fit import fit_starts
+    from .fit.torch_backend import fit_batch
+
+    options = dict(series.options)
+    init_options = options.pop("init_options", None)
+    rngs = [np.random.default_rng(seed) for seed in fit_seeds]
+    try:
+        starts = [fit_starts(series.spec, X, y, series.k, series.method, series.init, series.n_starts, rng,
+                             series.truth, init_options) for (X, y), rng in zip(data, rngs)]
+        results = fit_batch(series.spec, [X for X, _ in data], [y for _, y in data], series.k, starts,
+                            method=series.method, truth=series.truth, rngs=rngs, **options)
+    except FIT_ERRORS as exc:
+        return [(None, f"{type(exc).__name__}: {exc}", 0.0)] * len(data)
+    return [(result, result.reason, result.runtime_s) for result in results]
+
+
+def run_task(exp: Experiment, task: Task, entropy: int, fit_fn=None, closest_fn=None) -> pd.DataFrame:
+    """Sample, fit and evaluate the replicates of one task; a failed fit becomes rows with status 'failed'."""
     series = exp.series[task.series_index]
     n = exp.n_grid[task.n_index]
     out = []
     with threadpool_limits(limits=1):
         ref, ref_note = reference_measure(exp, series, closest_fn)
-        for rep in range(task.start, task.stop):
-            data_seed, fit_seed, eval_seed = replicate_seeds(entropy, series, task.series_index, task.n_index, rep)
-            X, y = sample(series.spec, series.truth, n, rng=data_seed, noise_sd=exp.noise_sd, design=exp.design,
-                          bounds=exp.bounds)
-            tic = time.perf_counter()
-            try:
-                result = fit_fn(series.spec, X, y, series.k, method=series.method, init=series.init,
-                                n_starts=series.n_starts, rng=fit_seed, G_true=series.truth, backend="numpy",
-                                **series.options)
-                reason = result.reason
-            except FIT_ERRORS as exc:
-                result, reason = None, f"{type(exc).__name__}: {exc}"
-            runtime = time.perf_counter() - tic
+        reps = range(task.start, task.stop)
+        seeds = [replicate_seeds(entropy, series, task.series_index, task.n_index, rep) for rep in reps]
+        data = [sample(series.spec, series.truth, n, rng=data_seed, noise_sd=exp.noise_sd, design=exp.design,
+                       bounds=exp.bounds) for data_seed, _, _ in seeds]
+        fit_seeds = [fit_seed for _, fit_seed, _ in seeds]
+        if series.backend == "torch" and fit_fn is None:
+            fits = _fit_cell_torch(series, data, fit_seeds)
+        else:
+            fits = [_fit_one(fit_fn, series, X, y, fit_seed) for (X, y), fit_seed in zip(data, fit_seeds)]
+        for rep, (_, _, eval_seed), (result, reason, runtime) in zip(reps, seeds, fits):
             if result is None or result.measure is None:
                 status = "failed"
                 rows = [{"quantity": q, "value": np.nan} for q in ("loss", "regression_l2", "objective_gap")]

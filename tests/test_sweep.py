@@ -149,3 +149,19 @@ def test_analysis_settings_do_not_invalidate_results(exp, tmp_path):
     changed = parse_config({**TINY, "description": "new words", "analysis": {"target_error": 0.1}})
     run_sweep(changed, tmp_path, fit_fn=fake_fit, tasks=make_tasks(exp)[:2], progress=False)
     assert len(store.finished_tasks(tmp_path)) == 2
+
+
+def test_torch_backend_fits_each_task_as_one_batch(tmp_path):
+    """estimator.backend = "torch": one batched fit per task, each replicate as good as its NumPy fit."""
+    pytest.importorskip("torch")
+    raw = {**TINY, "k": 2, "n": [400], "replicates": 3, "chunk": 3,
+           "truth": {"bias": [0.0, 0.0], "gate": [[2.0], [0.0]], "expert": [[1.0, -1.3], [-1.7, -0.4]]},
+           "bounds": [-3.0, 3.0], "estimator": {"n_starts": 2}}
+    numpy_rows = store.load_results(run_sweep(parse_config(raw), tmp_path / "numpy", progress=False))
+    torch_exp = parse_config({**raw, "estimator": {"n_starts": 2, "backend": "torch"}})
+    torch_rows = store.load_results(run_sweep(torch_exp, tmp_path / "torch", progress=False))
+    np.testing.assert_array_equal(torch_rows.truth_objective.unique(), numpy_rows.truth_objective.unique())
+    per_rep = lambda rows: rows.groupby("replicate").objective.first().to_numpy()  # noqa: E731
+    assert np.all(per_rep(torch_rows) <= per_rep(numpy_rows) * (1 + 1e-6))
+    with pytest.raises(ValueError, match="estimator.backend"):
+        parse_config({**raw, "estimator": {"backend": "jax"}})

@@ -20,8 +20,18 @@ DEFAULT_STARTS = {"lse": 8, "em": 1}
 
 __all__ = [
     "INITS", "METHODS", "TRUTH_FREE", "ClosestMeasure", "FitResult", "Profile", "StartResult",
-    "closest_measure", "fit", "initial_measures", "profile",
+    "closest_measure", "fit", "fit_starts", "initial_measures", "profile",
 ]
+
+
+def fit_starts(spec: MoESpec, X, y, k: int, method: str, init, n_starts: int | None, rng: np.random.Generator,
+               G_true: MixingMeasure | None = None, init_options: dict | None = None) -> list:
+    """The (name, measure) starts `fit` uses: shared with the sweep's batched torch path, so both start alike."""
+    unknown = set(init_options or {}) - {"scale", "power"}
+    if unknown:
+        raise ValueError(f"init_options has unknown keys {sorted(unknown)}; allowed: 'scale', 'power'")
+    return initial_measures(spec, X, y, k, init, DEFAULT_STARTS[method] if n_starts is None else n_starts, rng,
+                            G_true, **(init_options or {}))
 
 
 def fit(
@@ -59,14 +69,8 @@ def fit(
     X, y = check_inputs(spec, X, y)
     if G_true is not None:
         spec.check_measure(G_true, "G_true")
-    unknown = set(init_options or {}) - {"scale", "power"}
-    if unknown:
-        raise ValueError(f"init_options has unknown keys {sorted(unknown)}; allowed: 'scale', 'power'")
     rng = np.random.default_rng(rng)
-    starts = initial_measures(
-        spec, X, y, k, init, DEFAULT_STARTS[method] if n_starts is None else n_starts, rng, G_true,
-        **(init_options or {}),
-    )
+    starts = fit_starts(spec, X, y, k, method, init, n_starts, rng, G_true, init_options)
     if backend == "torch":
         from .torch_backend import fit_batch
 
