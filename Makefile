@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/python -m moe_sim.demo
 
 reproduce: $(STAMP)
-	$(BIN)/python -m moe_sim.demo
+	$(BIN)/moe-sim reproduce all --quick --n-jobs 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu"
