@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo reproduce test test-fast notebook-figures
+.PHONY: setup demo reproduce test notebook-figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,9 +21,6 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu"
-
-test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not gpu"
 
 notebook-figures: $(STAMP)
 	$(BIN)/python figures/render_notebooks.py
