@@ -217,3 +217,21 @@ def test_em_agrees_with_direct_maximisation(paper_a):
     se = np.sqrt(G.var / (n / 2))[:, None]
     np.testing.assert_array_less(np.abs(res.measure.expert - G_direct.expert), np.broadcast_to(0.01 * se, (2, 2)))
     assert np.all(np.abs(res.measure.expert - G.expert) < 10 * se * np.array([[1.0, 4.0]]))
+
+
+def test_em_and_least_squares_agree_on_the_experts(paper_a):
+    """E[y | x] of a Gaussian MoE is its regression function, so least squares (ignoring the variances) and EM
+    estimate the same experts: they agree within least squares' standard errors on one sample."""
+    spec, G = paper_a
+    n = 20000
+    X, y = ms.sample(spec, G, n, rng=21, design="equispaced", bounds=(0.0, 1.0))
+    em = ms.fit(spec, X, y, 2, method="em", rng=21, G_true=G)
+    regression = ms.MoESpec(gate="softmax", expert="linear")
+    G_mean = ms.MixingMeasure(G.bias, G.gate, G.expert)
+    lse = ms.fit(regression, X, y, 2, rng=21, G_true=G_mean)
+    # least squares' asymptotic sd, with the larger expert noise sd (0.4) standing in for the mixture's
+    sd = ms.asymptotic_sd(regression, G_mean, n=n, noise_sd=0.4, design="equispaced", bounds=(0.0, 1.0))
+    expert_sd = sd[sd.block == "expert"].sd.to_numpy().reshape(2, 2)
+    em_experts = em.measure.expert[np.argsort(em.measure.gate[:, 0])[::-1]]
+    lse_experts = lse.measure.expert[np.argsort(lse.measure.gate[:, 0])[::-1]]
+    np.testing.assert_array_less(np.abs(em_experts - lse_experts), 4 * expert_sd)
