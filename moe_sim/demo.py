@@ -9,8 +9,8 @@ import moe_sim as ms
 
 def main() -> None:
     spec = ms.MoESpec(gate="sigmoid", score="linear", expert="tanh", d=1)
-    G_true = ms.MixingMeasure(bias=[0.5, -0.5], gate=[[3.0], [-2.0]], expert=[[0.2, 2.0], [-0.5, -1.5]])
-    X, y = ms.sample(spec, G_true, n=1000, rng=0, noise_sd=0.1)
+    G_true = ms.MixingMeasure(bias=[1.0, -0.5], gate=[[-1.2], [-1.5]], expert=[[1.0, -1.3], [-1.7, -0.4]])
+    X, y = ms.sample(spec, G_true, n=1000, rng=0, noise_sd=0.1, bounds=(-3, 3))
     print(f"sampled n={len(y)} points from {spec}; y in [{y.min():.3f}, {y.max():.3f}]")
     rng = np.random.default_rng(1)
     for scale in (1e-1, 1e-2, 1e-3):
