@@ -31,7 +31,6 @@ import tempfile
 import matplotlib.pyplot as plt
 import numpy as np
 
-import moe_sim as ms
 from moe_sim.config import parse_config
 from moe_sim.rates import rate_table, summarize
 from moe_sim.store import load_results
