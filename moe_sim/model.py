@@ -2,7 +2,8 @@
 
 Hot arrays are atoms-major (k x n): the gate logits z, gates g, expert pre-activations u and expert values h.
 `Features` holds the data-only feature maps, computed once per data set, split into contiguous column
-chunks so that long samples are evaluated in cache-sized pieces.
+chunks of CHUNK samples: at n = 1e5 the unchunked evaluation is four times slower, its large temporaries
+each paid in fresh page faults (benchmarks/README.md).
 """
 
 from __future__ import annotations
