@@ -214,3 +214,19 @@ def test_low_noise_fit_reaches_the_truths_objective():
     X, y = ms.sample(spec, G, 5000, rng=3, noise_sd=2e-4, bounds=(0.0, 1.0))
     result = fit(spec, X, y, 3, rng=3, G_true=G)
     assert result.converged and not result.worse_than_truth
+
+
+def test_paper_b_truth_has_a_distant_three_atom_representation():
+    """Finding of the softmax_lse_experts sweep: with a linear-score softmax gate in d = 1 the gates are
+    sigmoids, like the experts, so an over-specified fit can swap their roles. From the swapped measure the
+    sweep's fits reached, a noise-free refit matches f* to RSS / n < 1e-10 while every parameter stays far
+    from the truth."""
+    spec = ms.MoESpec(gate="softmax", expert="sigmoid")
+    G = ms.MixingMeasure(bias=[-2.0, 0.0], gate=[[4.0], [0.0]], expert=[[-6.0, 12.0], [4.0, -10.0]])
+    swapped = ms.MixingMeasure(bias=[-5.93, 0.02, 3.92], gate=[[11.0], [-0.34], [-10.7]],
+                               expert=[[-2.0, 4.0], [-2.0, 2.0], [2.0, -4.0]])
+    X = ms.draw_design("uniform", 20000, 1, rng=1, bounds=(0.0, 1.0))
+    y = ms.regression_function(spec, G, X)
+    result = lse_fit(spec, X, y, 3, [("swapped", swapped)], screen=None)
+    assert result.objective / len(y) < 1e-10
+    assert ms.voronoi_loss(spec, result.measure, G, kind="D1") > 1.0
