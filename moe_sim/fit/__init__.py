@@ -82,8 +82,6 @@ def fit(
 
         result = em_fit(spec, X, y, k, starts, rng=rng, **options)
     if method == "em" and G_true is not None and result.truth_objective is None:
-        result.truth_objective = float(np.sum(log_density(spec, G_true, X, y)))
-        margin = 1e-9 * abs(result.truth_objective)
-        result.worse_than_truth = bool(result.objective < result.truth_objective - margin)
+        result.compare_with_truth(np.sum(log_density(spec, G_true, X, y)))
     result.runtime_s = time.perf_counter() - t0
     return result

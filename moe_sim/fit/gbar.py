@@ -36,9 +36,13 @@ class ClosestMeasure:
 
     measure: MixingMeasure
     excess_risk: float
-    degenerate: bool
     issues: tuple[str, ...]
     fit: FitResult
+
+    @property
+    def degenerate(self) -> bool:
+        """Whether any degeneracy issue was found."""
+        return bool(self.issues)
 
 
 def _freeze(G: MixingMeasure) -> tuple:
@@ -106,7 +110,7 @@ def _closest(spec, frozen, k, design, n, box, rng, weight_min, expert_min, param
     best, lim = best
     best.starts = records
     issues = _issues(spec, best.measure, lim, X, y, weight_min, expert_min, null_tol)
-    return ClosestMeasure(best.measure, best.objective / n, bool(issues), tuple(issues), best)
+    return ClosestMeasure(best.measure, best.objective / n, tuple(issues), best)
 
 
 def closest_measure(

@@ -234,9 +234,9 @@ def lse_fit(
         return FitResult(None, np.nan, sum(r.n_iter for r in records), False, runtime, "lse",
                          "every start ended with a non-finite objective", records, truth)
     rss, res, ok, why, n_iter = best
-    result = FitResult(obj.measure(res.x), rss, n_iter, ok, runtime, "lse", why, records, truth)
+    result = FitResult(obj.measure(res.x), rss, n_iter, ok, runtime, "lse", why, records)
     if truth is not None:
-        result.worse_than_truth = bool(rss > truth * (1 + 1e-9))
+        result.compare_with_truth(truth)
     return result
 
 

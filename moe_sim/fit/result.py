@@ -38,3 +38,13 @@ class FitResult:
     starts: list[StartResult] = field(default_factory=list)
     truth_objective: float | None = None
     worse_than_truth: bool | None = None
+
+    def compare_with_truth(self, truth_objective: float) -> None:
+        """Store the truth's objective on the same sample and flag a fit worse than it by more than 1e-9
+        relative (residual sum of squares for "lse": higher is worse; log-likelihood for "em": lower is)."""
+        self.truth_objective = float(truth_objective)
+        margin = 1e-9 * abs(self.truth_objective)
+        if self.method == "lse":
+            self.worse_than_truth = bool(self.objective > self.truth_objective + margin)
+        else:
+            self.worse_than_truth = bool(self.objective < self.truth_objective - margin)

@@ -698,12 +698,7 @@ def _fit_batch(spec, Xs, ys, k, starts, method, device, dtype, max_iter, tol, tr
         res = FitResult(measures[e], float(obj[e]), int(n_iter[e]), bool(converged[e]), runtime, method,
                         reasons[e], records)
         if truth_obj is not None:
-            res.truth_objective = float(truth_obj[r])
-            margin = 1e-9 * abs(res.truth_objective)
-            res.worse_than_truth = bool(
-                res.objective > res.truth_objective + margin if method == "lse"
-                else res.objective < res.truth_objective - margin
-            )
+            res.compare_with_truth(truth_obj[r])
         results.append(res)
     return results
 
