@@ -26,7 +26,7 @@ def main(n: int = 100_000, repeats: int = 40) -> None:
     z = np.random.default_rng(0).normal(size=(G.k, n))
     obj = RSSObjective(SPEC, X, y, G.k)
     print("| chunk | eval_ms | eval_x_floor |\n|---|---|---|")
-    for chunk in (1024, 2048, 4096, 8192, 16384, n):
+    for chunk in (1024, 2048, 4096, 8192, 16384, 32768, n):
         obj.parts = [(part, y[s]) for s, part in Features.of(SPEC, X).chunks(chunk)]
         evals, floors = [], []
         with threadpool_limits(limits=1):

@@ -58,10 +58,42 @@ def test_vjp_is_the_contracted_jacobian(gate, expert):
     X = ms.draw_design("uniform", 50, spec.d, 2)
     v = np.random.default_rng(3).normal(size=50)
     feats = Features.of(spec, X)
-    vjp = regression_vjp(spec, G, feats, forward(spec, G, feats), v)
-    jac = ms.regression_gradient(spec, G, X)
-    for name in ("bias", "gate", "expert"):
-        np.testing.assert_allclose(vjp[name], jac[name] @ v, rtol=1e-12, atol=1e-12)
+    vjp = feats.unstack(regression_vjp(spec, feats, forward(spec, G, feats), v))
+    jac = _flatten(ms.regression_gradient(spec, G, X), ["bias", "gate", "expert"])
+    np.testing.assert_allclose(vjp, jac @ v, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("spec,basis_rows", [
+    (ms.MoESpec(gate="sigmoid", expert="tanh"), 2),  # [1; x], shared by the gate and the experts
+    (ms.MoESpec(gate="softmax", expert="relu", temperature=2.0), 3),  # [1; x / T; x]
+    (ms.MoESpec(gate="softmax", expert="polynomial", degree=3), 4),  # [1; x; x^2; x^3]
+    (ms.MoESpec(gate="sigmoid", score="quadratic", expert="gelu", d=2), 6),  # [1; x1^2; x1 x2; x2^2; x1; x2]
+])
+def test_stacked_basis_shares_rows_and_reproduces_logits_and_vjp(spec, basis_rows):
+    G = random_measure(spec, 3, 1)
+    X = ms.draw_design("uniform", 40, spec.d, 2)
+    feats = Features.of(spec, X)
+    assert feats.basis.shape[0] == basis_rows
+    zu = feats.stack(G) @ feats.basis
+    np.testing.assert_allclose(zu[:3], G.bias[:, None] + G.gate @ feats.phi, rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(zu[3:], G.expert @ feats.psi, rtol=1e-13, atol=1e-13)
+    v = np.random.default_rng(3).normal(size=40)
+    vjp = feats.unstack(regression_vjp(spec, feats, forward(spec, G, feats), v))
+    jac = _flatten(ms.regression_gradient(spec, G, X), ["bias", "gate", "expert"])
+    np.testing.assert_allclose(vjp, jac @ v, rtol=1e-12, atol=1e-12)
+
+
+def test_features_equal_to_the_ones_row_keep_their_own_parameters():
+    """At x = 1 every feature equals the bias's row of ones; each parameter still gets its own column."""
+    spec = ms.MoESpec(gate="sigmoid", expert="tanh")
+    G = random_measure(spec, 2, 4)
+    X = np.ones((5, 1))
+    feats = Features.of(spec, X)
+    assert feats.gate_rows == (0, 1) and feats.expert_rows == (0, 1)
+    v = np.arange(5.0)
+    vjp = feats.unstack(regression_vjp(spec, feats, forward(spec, G, feats), v))
+    numeric = _numeric_jacobian(lambda H: ms.regression_function(spec, H, X), G)
+    np.testing.assert_allclose(vjp, numeric @ v, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("score,expert", list(itertools.product(SCORES, ["linear", "polynomial", "tanh"])))

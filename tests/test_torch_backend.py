@@ -59,8 +59,7 @@ def _scipy_lse(spec, X, y, G0):
         G = ms.MixingMeasure.from_vector(theta, k, q, p)
         fw = forward(spec, G, feats)
         r = y - fw.f
-        grad = regression_vjp(spec, G, feats, fw, -2.0 * r)
-        return r @ r, np.concatenate([grad["bias"], grad["gate"].ravel(), grad["expert"].ravel()])
+        return r @ r, feats.unstack(regression_vjp(spec, feats, fw, -2.0 * r))
 
     res = minimize(fun, G0.to_vector()[: k * (1 + q + p)], jac=True, method="L-BFGS-B",
                    options={"ftol": 1e-15, "gtol": 1e-11, "maxiter": 20000, "maxfun": 40000, "maxcor": 30})
@@ -98,8 +97,7 @@ def test_forward_and_jacobian_mirror_the_numpy_model(gate, score, expert, d):
     for b, G in enumerate(Gs):
         fw = forward(spec, G, feats)
         np.testing.assert_allclose(f[b].numpy(), fw.f, rtol=1e-12, atol=1e-12)
-        vjp = regression_vjp(spec, G, feats, fw, v)
-        expected = np.concatenate([vjp["bias"], vjp["gate"].ravel(), vjp["expert"].ravel()])
+        expected = feats.unstack(regression_vjp(spec, feats, fw, v))
         np.testing.assert_allclose(J[b].numpy() @ v, expected, rtol=1e-10, atol=1e-10)
 
 

@@ -27,17 +27,29 @@ clipped into the box.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
 from scipy.optimize import least_squares, minimize
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ..measure import MixingMeasure, MoESpec
-from ..model import Features, check_inputs, forward, regression_gradient, regression_vjp
+from ..model import Features, check_inputs, forward, forward_stacked, regression_gradient, regression_vjp
 from .result import FitResult, StartResult
 
 _BLOCKS = ("bias", "gate", "expert")
+
+
+@functools.cache
+def _controller() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def single_threaded_blas():
+    """BLAS limited to one thread: scipy's L-BFGS-B calls it on tiny vectors (benchmarks/README.md). The
+    controller is built once per process: scanning the loaded libraries costs about 3 ms per fit."""
+    return _controller().limit(limits=1, user_api="blas")
 
 
 def screen_size(screen, n: int) -> int | None:
@@ -48,11 +60,19 @@ def screen_size(screen, n: int) -> int | None:
 
 
 class RSSObjective:
-    """The scaled residual sum of squares and its gradient, over features chunked once per data set."""
+    """The scaled residual sum of squares and its gradient, over features chunked once per data set.
+
+    Each evaluation scatters theta into the stacked parameters W (2k, m) of `moe_sim.model.Features`, runs
+    the chunks through `forward_stacked` and `regression_vjp`, and gathers the gradient back: no
+    `MixingMeasure` is built on the hot path.
+    """
 
     def __init__(self, spec: MoESpec, X: np.ndarray, y: np.ndarray, k: int):
         self.spec, self.k, self.n = spec, k, len(y)
-        self.parts = [(part, y[s]) for s, part in Features.of(spec, X).chunks()]
+        feats = Features.of(spec, X)
+        self.parts = [(part, y[s]) for s, part in feats.chunks()]
+        self.index = feats.stack_index(k)
+        self.stacked_shape = (2 * k, feats.basis.shape[0])
         self.scale = 1.0 / (self.n * max(float(np.var(y)), 1e-12))
 
     def measure(self, theta: np.ndarray) -> MixingMeasure:
@@ -60,25 +80,26 @@ class RSSObjective:
 
     def rss(self, G: MixingMeasure) -> float:
         """Residual sum of squares of G on the sample (inf or NaN, without a warning, where it overflows)."""
+        W = self.parts[0][0].stack(G)
         with np.errstate(all="ignore"):
-            return float(sum(np.sum((y - forward(self.spec, G, part).f) ** 2) for part, y in self.parts))
+            return float(sum(np.sum((y - forward_stacked(self.spec, W, part).f) ** 2) for part, y in self.parts))
 
     def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """F(theta) = RSS / (2 n var(y)) and its gradient; (inf, 0) where the parameters are not finite."""
-        if not np.all(np.isfinite(theta)):
+        if not np.isfinite(theta).all():
             return np.inf, np.zeros_like(theta)
-        G = self.measure(theta)
-        total, grad = 0.0, {b: 0.0 for b in _BLOCKS}
+        W, M = np.zeros(self.stacked_shape), np.zeros(self.stacked_shape)
+        W.ravel()[self.index] = theta
+        total = 0.0
         with np.errstate(all="ignore"):
             for part, y in self.parts:
-                fw = forward(self.spec, G, part)
-                r = y - fw.f
+                fw = forward_stacked(self.spec, W, part)
+                r = fw.f - y
                 total += r @ r
-                for b, v in regression_vjp(self.spec, G, part, fw, -r).items():
-                    grad[b] = grad[b] + v
-        g = np.concatenate([np.ravel(grad[b]) for b in _BLOCKS]) * self.scale
+                M += regression_vjp(self.spec, part, fw, r)
+        g = M.ravel()[self.index] * self.scale
         value = 0.5 * total * self.scale
-        if not (np.isfinite(value) and np.all(np.isfinite(g))):
+        if not (np.isfinite(value) and np.isfinite(g).all()):
             return np.inf, np.zeros_like(theta)
         return value, g
 
@@ -207,7 +228,7 @@ def lse_fit(
     prior_iter = [0] * len(starts)
     obj = RSSObjective(spec, X, y, k)
     records: list[StartResult | None] = [None] * len(starts)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with single_threaded_blas():
         polish = range(len(starts))
         screen = screen_size(screen, obj.n)
         if screen is not None and obj.n > screen and len(starts) > keep:
@@ -261,7 +282,7 @@ def trf_fit(
     lim = box(spec, k, bounds)
     measure = lambda theta: MixingMeasure.from_vector(theta, k, spec.q, spec.p)  # noqa: E731
     records, best = [], None
-    with threadpool_limits(limits=1, user_api="blas"), np.errstate(all="ignore"):
+    with single_threaded_blas(), np.errstate(all="ignore"):
         for name, G0 in starts:
             theta0 = G0.to_vector()[: k * (1 + spec.q + spec.p)]
             if lim is not None:
