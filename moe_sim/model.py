@@ -79,10 +79,10 @@ class Features:
         return self.phi.shape[1]
 
     def chunks(self, size: int = CHUNK) -> list[tuple[slice, "Features"]]:
-        """Contiguous column blocks of at most `size` samples, with the slice each covers."""
+        """Column blocks of at most `size` samples (views: each row of a block is contiguous), with the slice
+        each covers."""
         return [
-            (s, Features(*(np.ascontiguousarray(a[:, s]) for a in (self.phi, self.psi, self.basis)),
-                         self.gate_rows, self.expert_rows))
+            (s, Features(self.phi[:, s], self.psi[:, s], self.basis[:, s], self.gate_rows, self.expert_rows))
             for s in (slice(a, min(a + size, self.n)) for a in range(0, self.n, size))
         ]
 
