@@ -75,6 +75,42 @@ def test_recovers_paper_a_truth(paper_a):
     np.testing.assert_allclose(res.objective, ms.log_density(spec, res.measure, X, y).sum(), rtol=1e-12)
 
 
+def _asymptotic_loss_quantile(spec, G, n, q, draws=2000, seed=0):
+    """The q-quantile of the Voronoi loss of an efficient estimate at sample size n: parameters drawn from
+    N(G, I^-1 / n), I the Fisher information of the softmax Gaussian MoE (last atom's gate pinned, the
+    translation invariance), estimated from the per-sample scores on 2e5 samples."""
+    X, y = _data(spec, G, 200_000, seed + 1)
+    score = ms.log_density_gradient(spec, G, X, y)
+    k, q_gate, p = G.k, spec.q, spec.p
+    rows = np.vstack([score["bias"][:-1], score["gate"][:-1].reshape(-1, len(y)),
+                      score["expert"].reshape(-1, len(y)), score["var"]])
+    cov = np.linalg.inv(rows @ rows.T / len(y)) / n
+    free = np.r_[np.arange(k - 1), k + np.arange((k - 1) * q_gate), k * (1 + q_gate) + np.arange(k * p + k)]
+    theta = G.to_vector()
+    losses = []
+    for step in np.random.default_rng(seed).multivariate_normal(np.zeros(free.size), cov, size=draws):
+        drawn = theta.copy()
+        drawn[free] += step
+        losses.append(ms.voronoi_loss(spec, ms.MixingMeasure.from_vector(drawn, k, q_gate, p, True), G))
+    return float(np.quantile(losses, q))
+
+
+def test_truth_free_starts_recover_paper_a_at_1e5(paper_a):
+    """From k-means and random starts alone, on seeds 0, 1, 2: the maximum likelihood fit (the optimum of a
+    start at the truth) and a loss inside the asymptotic 99.9% range at n = 1e5 (about 0.07; the issue's
+    0.05 is exceeded by a few percent of efficient estimates: benchmarks/README.md)."""
+    spec, G = paper_a
+    n = 100_000
+    bound = _asymptotic_loss_quantile(spec, G, n, 0.999)
+    for seed in range(3):
+        X, y = _data(spec, G, n, seed)
+        res = ms.fit(spec, X, y, 2, method="em", init=("kmeans", "random"), rng=seed, G_true=G)
+        at_truth = em_fit(spec, X, y, 2, [("truth", G)])
+        assert res.converged and not res.worse_than_truth
+        assert res.objective >= at_truth.objective - 1e-8 * abs(at_truth.objective)
+        assert ms.voronoi_loss(spec, res.measure, G) < bound
+
+
 def test_chunking_does_not_change_the_path(paper_a):
     spec, G = paper_a
     X, y = _data(spec, G, 1000, 14)
