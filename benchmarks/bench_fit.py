@@ -7,7 +7,8 @@ Floor: one np.exp over a k x n array, timed in the same run (interleaved with th
 Per iteration: a single-start fit on the full sample (no screening), its runtime over its iterations (an
 L-BFGS-B iteration is about 1.1 objective-and-gradient evaluations; an EM iteration one E and one M step).
 Per fit: the default multi-start `fit` (least squares: kmeans, random and near_truth starts; EM: paper a's
-protocol, 1 near-truth start for k = 2 and 5 for k = 3, noise sd 0.05 n^-0.083). BLAS is limited to one thread, as in a sweep task.
+protocol, 1 near-truth start for k = 2 and 5 for k = 3, noise sd 0.05 n^-0.083).
+BLAS is limited to one thread, as in a sweep task.
 Quality: over `--seeds` samples, the share of fits whose residual sum of squares is no larger than the
 truth's on the same sample (a smaller share means local optima); over `--em-seeds` samples of paper a at
 n = 1e5, how often EM from truth-free starts ends with a Voronoi loss below 0.05.

@@ -212,8 +212,8 @@ def _bad_calls(paper_a):
 
 
 @pytest.mark.parametrize(
-    "case", ["likelihood", "expert", "k", "k0", "empty starts", "not a pair", "name", "var", "X shape", "y nan", "tol", "tol type",
-             "max_iter", "var_floor"]
+    "case", ["likelihood", "expert", "k", "k0", "empty starts", "not a pair", "name", "var", "X shape", "y nan", "tol",
+             "tol type", "max_iter", "var_floor"]
 )
 def test_bad_inputs_raise(paper_a, case):
     with pytest.raises(ValueError):

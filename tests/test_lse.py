@@ -199,7 +199,8 @@ def test_every_family_of_the_zoo_fits(gate, score, expert):
     d = 1 if expert == "polynomial" else 2
     spec = ms.MoESpec(gate=gate, score=score, expert=expert, d=d)
     rng = np.random.default_rng(9)
-    G = ms.MixingMeasure(bias=rng.normal(size=2), gate=rng.normal(size=(2, spec.q)), expert=rng.normal(size=(2, spec.p)))
+    G = ms.MixingMeasure(bias=rng.normal(size=2), gate=rng.normal(size=(2, spec.q)),
+                         expert=rng.normal(size=(2, spec.p)))
     X, y = ms.sample(spec, G, 300, rng=9, noise_sd=0.1)
     result = fit(spec, X, y, 2, n_starts=1, rng=9, G_true=G)
     assert result.measure.k == 2 and np.isfinite(result.objective)

@@ -1,12 +1,12 @@
 """G_bar, the target of sigmoid regime 2: the k-atom measure whose f_G is closest to f_G* in L2(mu).
 
 Computed by least squares (`trf_fit`: Gauss-Newton, relative tolerances) on a large noise-free design,
-inside a compact parameter space that excludes null atoms (THEORY.md s1): every weight sigmoid(c) >= weight_min, every expert's size (the largest
-slope coordinate of an affine expert, the largest coefficient otherwise) >= expert_min in absolute value,
-every parameter in [-param_max, param_max]. The expert-size bound is not a box, so each start keeps the sign
-of its largest coordinate and bounds that coordinate away from zero. G_bar then often lies on that boundary
-and depends on it: the result lists every parameter on an active bound and every null atom (`issues`),
-and warns.
+inside a compact parameter space that excludes null atoms (THEORY.md s1): every weight sigmoid(c) >=
+weight_min, every expert's size (the largest slope coordinate of an affine expert, the largest coefficient
+otherwise) >= expert_min in absolute value, every parameter in [-param_max, param_max]. The expert-size bound
+is not a box, so each start keeps the sign of its largest coordinate and bounds that coordinate away from
+zero. G_bar then often lies on that boundary and depends on it: the result lists every parameter on an
+active bound and every null atom (`issues`), and warns.
 """
 
 from __future__ import annotations
