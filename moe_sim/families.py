@@ -12,6 +12,8 @@ computed once per data set, and every gradient is a pair of matrix products. A n
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -45,11 +47,14 @@ def score_features(score: str, X: Array) -> Array:
     return np.vstack([quad, Xt])
 
 
-def sigmoid(z: Array, inplace: bool = False) -> Array:
-    """The logistic function as 0.5 + 0.5 tanh(z / 2), on a new float array or, with inplace, overwriting z:
+def sigmoid(z: Array, out: Array | None = None) -> Array:
+    """The logistic function as 0.5 + 0.5 tanh(z / 2), into `out` (which may be z itself) or a new array:
     several times faster than scipy.special.expit on NumPy's vectorised tanh. Accurate to rounding in
     absolute terms; below z = -37 it returns 0 where expit returns a tiny positive number."""
-    out = z if inplace else np.array(z, dtype=float)
+    if out is None:
+        out = np.array(z, dtype=float)
+    elif out is not z:
+        np.copyto(out, z)
     out *= 0.5
     np.tanh(out, out=out)
     out *= 0.5
@@ -57,39 +62,79 @@ def sigmoid(z: Array, inplace: bool = False) -> Array:
     return out
 
 
-def _identity(u: Array) -> Array:
-    return u
+# Activations take (u, out=None) and derivatives (u, h, out=None): with `out` they write into it, so the
+# least-squares hot loop allocates nothing (see `ExpertFamily`).
 
 
-def _ones(u: Array, h: Array) -> Array:
-    return np.ones_like(u)
+def _identity(u: Array, out: Array | None = None) -> Array:
+    if out is None:
+        return u
+    np.copyto(out, u)
+    return out
 
 
-def _relu(u: Array) -> Array:
-    return np.maximum(u, 0.0)
+def _ones(u: Array, h: Array, out: Array | None = None) -> Array:
+    if out is None:
+        return np.ones_like(u)
+    out.fill(1.0)
+    return out
 
 
-def _relu_grad(u: Array, h: Array) -> Array:
-    return (u > 0).astype(u.dtype)
+def _relu(u: Array, out: Array | None = None) -> Array:
+    return np.maximum(u, 0.0, out=out)
+
+
+def _relu_grad(u: Array, h: Array, out: Array | None = None) -> Array:
+    return np.heaviside(u, 0.0, out=out)  # 1 where u > 0, 0 elsewhere (0 at the kink)
 
 
 _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
 
 
-def _gelu(u: Array) -> Array:
-    return u * ndtr(u)
+def _gelu(u: Array, out: Array | None = None) -> Array:
+    out = ndtr(u, out=out)
+    out *= u
+    return out
 
 
-def _gelu_grad(u: Array, h: Array) -> Array:
-    return ndtr(u) + u * _INV_SQRT_2PI * np.exp(-0.5 * u * u)
+def _gelu_grad(u: Array, h: Array, out: Array | None = None) -> Array:
+    out = ndtr(u, out=out)
+    out += u * _INV_SQRT_2PI * np.exp(-0.5 * u * u)
+    return out
 
 
-def _sigmoid_grad(u: Array, h: Array) -> Array:
-    return h * (1.0 - h)
+def _sigmoid_grad(u: Array, h: Array, out: Array | None = None) -> Array:
+    out = np.subtract(1.0, h, out=out)
+    out *= h
+    return out
 
 
-def _tanh_grad(u: Array, h: Array) -> Array:
-    return 1.0 - h * h
+def _tanh_grad(u: Array, h: Array, out: Array | None = None) -> Array:
+    out = np.multiply(h, h, out=out)
+    np.subtract(1.0, out, out=out)
+    return out
+
+
+def _writing_into_out(fn: Callable) -> Callable:
+    """fn itself when it takes an `out` argument (a ufunc, or a Python function with an `out` parameter),
+    else a wrapper that computes fn's value and copies it into out."""
+    if isinstance(fn, np.ufunc):
+        return fn
+    try:
+        if "out" in inspect.signature(fn).parameters:
+            return fn
+    except (TypeError, ValueError):
+        pass
+
+    @functools.wraps(fn)
+    def wrapped(*args, out=None):
+        value = fn(*args)
+        if out is None:
+            return value
+        np.copyto(out, value)
+        return out
+
+    return wrapped
 
 
 def affine_features(X: Array) -> Array:
@@ -106,7 +151,9 @@ class ExpertFamily:
     """An expert h(x; eta) = activation(eta . features(x)).
 
     features(X, degree) maps (n, d) inputs to a (p, n) array; n_params(d, degree) gives p; derivative(u, h)
-    is activation'(u), given u and h = activation(u) so that tanh and sigmoid reuse h. `identifiable` says
+    is activation'(u), given u and h = activation(u) so that tanh and sigmoid reuse h. Both may take an
+    `out` keyword and write into it (NumPy ufuncs do), which keeps the least-squares loop free of
+    allocations; functions without one are wrapped to copy their value into `out`. `identifiable` says
     whether over-specified cells of this family converge under least squares ("strong": FFN experts that
     are not positively homogeneous; "homogeneous": ReLU, a scale trade inside a cell; "weak": linear and
     polynomial; "none": input-independent). `affine` marks the [b, a] layout (intercept first).
@@ -120,6 +167,10 @@ class ExpertFamily:
     identifiable: str = "strong"
     affine: bool = True
     linear_in_params: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "activation", _writing_into_out(self.activation))
+        object.__setattr__(self, "derivative", _writing_into_out(self.derivative))
 
 
 def _ffn(name: str, act, dact, identifiable: str = "strong") -> ExpertFamily:

@@ -116,63 +116,94 @@ class Forward:
     f: Array  # regression function (n,)
 
 
-def _sum_atoms(a: Array) -> Array:
+class Scratch:
+    """Arrays kept from one evaluation to the next, one per name and shape, so that the least-squares loop
+    allocates nothing: glibc hands fresh temporaries of a few hundred kB back to the OS after each
+    evaluation, and paying for them again in page faults made an evaluation up to 5 times slower at some n
+    (benchmarks/README.md). An array from a Scratch is overwritten by the next call with its name and shape."""
+
+    def __init__(self):
+        self._arrays: dict[tuple[str, tuple[int, ...]], Array] = {}
+
+    def __call__(self, name: str, shape: tuple[int, ...]) -> Array:
+        array = self._arrays.get((name, shape))
+        if array is None:
+            array = self._arrays[name, shape] = np.empty(shape)
+        return array
+
+
+def _fresh(name: str, shape: tuple[int, ...]) -> Array:
+    """A new array for every call: the `Scratch` of callers that keep their results."""
+    return np.empty(shape)
+
+
+def _sum_atoms(a: Array, out: Array) -> Array:
     """Sum over the atoms axis of a (k, n) array, by row additions: faster than a.sum(axis=0) for few rows."""
-    total = a[0].copy()
-    for row in a[1:]:
-        total += row
-    return total
+    if len(a) == 1:
+        np.copyto(out, a[0])
+        return out
+    np.add(a[0], a[1], out=out)
+    for row in a[2:]:
+        out += row
+    return out
 
 
-def _softmax(z: Array) -> Array:
-    g = z - z.max(axis=0)
-    np.exp(g, out=g)
-    g *= 1.0 / _sum_atoms(g)
-    return g
+def _softmax(z: Array, scratch=_fresh) -> Array:
+    """Softmax over the atoms axis, in place on z."""
+    z -= np.max(z, axis=0, out=scratch("top", z.shape[1:]))
+    np.exp(z, out=z)
+    total = _sum_atoms(z, scratch("total", z.shape[1:]))
+    np.divide(1.0, total, out=total)
+    z *= total
+    return z
 
 
-def _logits_and_experts(spec: MoESpec, W: Array, feats: Features) -> tuple[Array, Array, Array]:
+def _logits_and_experts(spec: MoESpec, W: Array, feats: Features, scratch=_fresh) -> tuple[Array, ...]:
     """Gate logits z, expert pre-activations u and expert values h, all (k, n), for stacked parameters W."""
-    k = W.shape[0] // 2
+    k, n = W.shape[0] // 2, feats.n
+    zu = scratch("zu", (2 * k, n))
     if feats.basis.shape[0] == 2:  # [1; x]: d = 1, a linear score and affine experts (measured 1.5x faster)
-        zu = np.multiply(W[:, 1:], feats.basis[1])
+        np.multiply(W[:, 1:], feats.basis[1], out=zu)
         zu += W[:, :1]
     else:
-        zu = W @ feats.basis
+        np.matmul(W, feats.basis, out=zu)
     z, u = zu[:k], zu[k:]
-    return z, u, spec.expert_family.activation(u)
+    return z, u, spec.expert_family.activation(u, out=scratch("h", (k, n)))
 
 
 def forward(spec: MoESpec, G: MixingMeasure, feats: Features) -> Forward:
+    """f_G on the features, with the intermediates of the backward pass."""
     return forward_stacked(spec, feats.stack(G), feats)
 
 
-def forward_stacked(spec: MoESpec, W: Array, feats: Features) -> Forward:
-    """`forward` for stacked parameters W = feats.stack(G): the least-squares objective's hot path."""
-    z, u, h = _logits_and_experts(spec, W, feats)
-    g = _softmax(z) if spec.gate == "softmax" else sigmoid(z, inplace=True)
-    gh = g * h
-    return Forward(g, u, h, gh, _sum_atoms(gh))
+def forward_stacked(spec: MoESpec, W: Array, feats: Features, scratch=_fresh) -> Forward:
+    """`forward` for stacked parameters W = feats.stack(G): the least-squares objective's hot path, run in
+    the arrays of `scratch` (a `Scratch`) when given."""
+    z, u, h = _logits_and_experts(spec, W, feats, scratch)
+    g = _softmax(z, scratch) if spec.gate == "softmax" else sigmoid(z, out=z)
+    gh = np.multiply(g, h, out=scratch("gh", g.shape))
+    return Forward(g, u, h, gh, _sum_atoms(gh, scratch("f", (feats.n,))))
 
 
-def pullback(spec: MoESpec, fw: Forward, v) -> Array:
+def pullback(spec: MoESpec, fw: Forward, v, scratch=_fresh) -> Array:
     """[v df/dz; v df/du] (2k, n): the derivatives of f at each sample with respect to the gate logits and the
     expert pre-activations, scaled by v (an (n,) array or a number)."""
-    k = fw.g.shape[0]
-    gv = fw.g * v
-    D = np.empty((2 * k, fw.g.shape[1]))
+    k, n = fw.g.shape
+    gv = np.multiply(fw.g, v, out=scratch("gv", (k, n)))
+    D = scratch("D", (2 * k, n))
     dz, du = D[:k], D[k:]
     # sigmoid: df/dz_i = g_i (1 - g_i) h_i = g_i (h_i - g_i h_i); softmax: df/dz_i = g_i (h_i - f)
     np.subtract(fw.h, fw.gh if spec.gate == "sigmoid" else fw.f, out=dz)
     dz *= gv
-    np.multiply(gv, spec.expert_family.derivative(fw.u, fw.h), out=du)
+    spec.expert_family.derivative(fw.u, fw.h, out=du)
+    du *= gv
     return D
 
 
-def regression_vjp(spec: MoESpec, feats: Features, fw: Forward, v: Array) -> Array:
+def regression_vjp(spec: MoESpec, feats: Features, fw: Forward, v: Array, scratch=_fresh) -> Array:
     """sum_t v_t df(x_t)/dW (2k, m) for the stacked parameters: the gradient of any loss whose df is v, one
     matrix-vector product per basis row (`feats.unstack` gives the to_vector layout)."""
-    D = pullback(spec, fw, v)
+    D = pullback(spec, fw, v, scratch)
     M = np.empty((feats.basis.shape[0], D.shape[0]))
     for row, out in zip(feats.basis, M):
         np.dot(D, row, out=out)
@@ -236,7 +267,7 @@ def log_density_gradient(spec: MoESpec, G: MixingMeasure, X, y) -> dict[str, Arr
     z, u, h = _logits_and_experts(spec, feats.stack(G), feats)
     log_joint = _log_joint(G, z, h, y)
     resp = np.exp(log_joint - _logsumexp0(log_joint))
-    dz = resp - _softmax(z)
+    dz = resp - _softmax(z.copy())
     resid = y[None, :] - h
     var = G.var[:, None]
     du = resp * resid / var * spec.expert_family.derivative(u, h)

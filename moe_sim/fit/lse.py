@@ -35,7 +35,7 @@ from scipy.optimize import least_squares, minimize
 from threadpoolctl import ThreadpoolController
 
 from ..measure import MixingMeasure, MoESpec
-from ..model import Features, check_inputs, forward, forward_stacked, regression_gradient, regression_vjp
+from ..model import Features, Scratch, check_inputs, forward, forward_stacked, regression_gradient, regression_vjp
 from .result import FitResult, StartResult
 
 _BLOCKS = ("bias", "gate", "expert")
@@ -63,8 +63,8 @@ class RSSObjective:
     """The scaled residual sum of squares and its gradient, over features chunked once per data set.
 
     Each evaluation scatters theta into the stacked parameters W (2k, m) of `moe_sim.model.Features`, runs
-    the chunks through `forward_stacked` and `regression_vjp`, and gathers the gradient back: no
-    `MixingMeasure` is built on the hot path.
+    the chunks through `forward_stacked` and `regression_vjp` in the objective's own `Scratch` arrays, and
+    gathers the gradient back: no `MixingMeasure` is built and no chunk-sized array allocated.
     """
 
     def __init__(self, spec: MoESpec, X: np.ndarray, y: np.ndarray, k: int):
@@ -72,6 +72,7 @@ class RSSObjective:
         feats = Features.of(spec, X)
         self.parts = [(part, y[s]) for s, part in feats.chunks()]
         self.index = feats.stack_index(k)
+        self.scratch = Scratch()
         self.stacked_shape = (2 * k, feats.basis.shape[0])
         self.scale = 1.0 / (self.n * max(float(np.var(y)), 1e-12))
 
@@ -93,10 +94,10 @@ class RSSObjective:
         total = 0.0
         with np.errstate(all="ignore"):
             for part, y in self.parts:
-                fw = forward_stacked(self.spec, W, part)
-                r = fw.f - y
+                fw = forward_stacked(self.spec, W, part, self.scratch)
+                r = np.subtract(fw.f, y, out=self.scratch("r", y.shape))
                 total += r @ r
-                M += regression_vjp(self.spec, part, fw, r)
+                M += regression_vjp(self.spec, part, fw, r, self.scratch)
         g = M.ravel()[self.index] * self.scale
         value = 0.5 * total * self.scale
         if not (np.isfinite(value) and np.isfinite(g).all()):
