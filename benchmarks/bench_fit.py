@@ -1,6 +1,7 @@
 """Time `moe_sim.fit` against a machine-independent floor, and count fits that reach the truth's objective.
 
-    .venv/bin/python benchmarks/bench_fit.py [--reps 5] [--seeds 50] [--sizes 1000 10000 100000]
+    .venv/bin/python benchmarks/bench_fit.py [--reps 5] [--seeds 50] [--em-seeds 20] [--tolerances]
+        [--sizes 1000 10000 100000] [--quality-n 10000] [--skip-timing]
 
 Floor: one np.exp over a k x n array, timed in the same run (interleaved with the objective evaluations), so
 "x floor" ratios compare across machines.
@@ -11,7 +12,8 @@ protocol, 1 near-truth start for k = 2 and 5 for k = 3, noise sd 0.05 n^-0.083).
 BLAS is limited to one thread, as in a sweep task.
 Quality: over `--seeds` samples, the share of fits whose residual sum of squares is no larger than the
 truth's on the same sample (a smaller share means local optima); over `--em-seeds` samples of paper a at
-n = 1e5, how often EM from truth-free starts ends with a Voronoi loss below 0.05.
+n = 1e5, how often EM from truth-free starts ends with a Voronoi loss below 0.05; with --tolerances, the
+effect of ftol_n on local optima and iterations.
 """
 
 from __future__ import annotations
@@ -110,6 +112,24 @@ def quality_rows(n: int, seeds: int) -> list[dict]:
     return rows
 
 
+def tolerance_rows(n: int = 10_000, samples: int = 12) -> list[dict]:
+    """k = 3, three near-truth starts in full (no screening), per ftol_n: fits worse than the truth, median
+    total iterations and seconds over `samples` samples (seeds 1000..)."""
+    rows = []
+    for ftol_n in (1e-3, 1e-6, 1e-9):
+        worse, iters, times = 0, [], []
+        for seed in range(samples):
+            X, y = ms.sample(TANH, G_TANH, n, rng=1000 + seed, noise_sd=TANH_SIGMA, bounds=TANH_BOX)
+            res = ms.fit(TANH, X, y, 3, init="near_truth", n_starts=3, rng=seed, G_true=G_TANH, screen=None,
+                         ftol_n=ftol_n)
+            worse += res.worse_than_truth
+            iters.append(sum(s.n_iter for s in res.starts))
+            times.append(res.runtime_s)
+        rows.append({"ftol_n": f"{ftol_n:g}", "worse_than_truth": f"{worse}/{samples}",
+                     "median_total_iterations": float(np.median(iters)), "median_s": float(np.median(times))})
+    return rows
+
+
 def em_recovery_row(n: int, seeds: int) -> dict:
     """Paper a's Gaussian MoE, k = k* = 2, EM from truth-free starts (kmeans and random): how often the
     Voronoi loss is below 0.05 and the fit no worse than the truth, over `seeds` samples (seeds 0..)."""
@@ -140,6 +160,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=50, help="samples of the quality count (0: skip)")
     parser.add_argument("--quality-n", type=int, nargs="+", default=[10_000], help="sample sizes of the count")
     parser.add_argument("--em-seeds", type=int, default=20, help="samples of the EM recovery count (0: skip)")
+    parser.add_argument("--tolerances", action="store_true", help="also the ftol_n table (k = 3, n = 1e4)")
     parser.add_argument("--skip-timing", action="store_true", help="only the quality counts")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     args = parser.parse_args()
@@ -155,6 +176,9 @@ def main() -> None:
         if args.seeds:
             print()
             print(markdown([row for n in args.quality_n for row in quality_rows(n, args.seeds)]))
+        if args.tolerances:
+            print()
+            print(markdown(tolerance_rows()))
         if args.em_seeds:
             print()
             print(markdown([em_recovery_row(100_000, args.em_seeds)]))
