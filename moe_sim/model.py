@@ -3,9 +3,9 @@
 Hot arrays are atoms-major (k x n): the gates g, expert pre-activations u and expert values h. `Features`
 holds the data-only feature maps, computed once per data set, and their stacked basis: the distinct rows of
 [1; phi; psi]. The k gate logits and k expert pre-activations are then one (2k, m) @ (m, n) product with the
-stacked parameters W = `Features.stack(G)`, and a gradient is m matrix-vector products. Features split into
-contiguous column chunks of CHUNK samples: at n = 1e5 the unchunked evaluation is four times slower, its
-large temporaries each paid in fresh page faults (benchmarks/README.md).
+stacked parameters W = `Features.stack(G)`, and a gradient is m matrix-vector products. Evaluations run over
+column chunks of CHUNK samples, whose arrays stay in cache (unchunked, one evaluation at n = 1e6 is twice as
+slow), and the least-squares loop runs in `Scratch` arrays, allocating nothing (benchmarks/README.md).
 """
 
 from __future__ import annotations
