@@ -1,19 +1,20 @@
 """Time `moe_sim.fit` against a machine-independent floor, and count fits that reach the truth's objective.
 
-    .venv/bin/python benchmarks/bench_fit.py [--reps 5] [--seeds 50] [--em-seeds 20] [--tolerances]
+    .venv/bin/python benchmarks/bench_fit.py [--reps 5] [--seeds 50] [--em-seeds 20] [--tolerances] [--starts]
         [--sizes 1000 10000 100000] [--quality-n 10000] [--skip-timing]
 
 Floor: one np.exp over a k x n array, timed in the same run (interleaved with the objective evaluations), so
 "x floor" ratios compare across machines.
 Per iteration: a single-start fit on the full sample (no screening), its runtime over its iterations (an
 L-BFGS-B iteration is about 1.1 objective-and-gradient evaluations; an EM iteration one E and one M step).
-Per fit: the default multi-start `fit` (least squares: kmeans, random and near_truth starts; EM: paper a's
+Per fit: the default multi-start `fit` (least squares: 16 random and 8 near_truth starts; EM: paper a's
 protocol, 1 near-truth start for k = 2 and 5 for k = 3, noise sd 0.05 n^-0.083).
 BLAS is limited to one thread, as in a sweep task.
 Quality: over `--seeds` samples, the share of fits whose residual sum of squares is no larger than the
 truth's on the same sample (a smaller share means local optima); over `--em-seeds` samples of paper a at
 n = 1e5, how often EM from truth-free starts ends with a Voronoi loss below 0.05; with --tolerances, the
-effect of ftol_n on local optima and iterations.
+effect of ftol_n on local optima and iterations; with --starts, random against k-means starts on four more
+models.
 """
 
 from __future__ import annotations
@@ -91,9 +92,17 @@ def em_rows(sizes, reps: int, k: int) -> list[dict]:
 
 
 QUALITY = (
-    ("default: kmeans, random, near_truth x 8", "default", None),
-    ("truth-free: kmeans, random x 8", ("kmeans", "random"), None),
-    ("truth-free: kmeans, random x 16", ("kmeans", "random"), 16),
+    ("default: random x 16, near_truth x 8", "default", None),
+    ("truth-free default: random x 16", "random", 16),
+    ("truth-free: kmeans, random x 8 (the earlier default)", ("kmeans", "random"), 8),
+)
+G_SOFTMAX_TANH = ms.MixingMeasure(bias=[0.0, 0.0], gate=[[2.0], [0.0]], expert=[[1.0, -1.3], [-1.7, -0.4]])
+G_SOFTMAX_SHARP = ms.MixingMeasure(bias=[0.0, 0.0], gate=[[3.0], [0.0]], expert=[[0.5, 2.0], [-0.5, -1.0]])
+START_MODELS = (  # name, spec, truth, X range, noise sd
+    ("softmax tanh", ms.MoESpec(gate="softmax", expert="tanh"), G_SOFTMAX_TANH, (-3.0, 3.0), 0.1),
+    ("softmax relu", ms.MoESpec(gate="softmax", expert="relu"), G_SOFTMAX_SHARP, (-1.0, 1.0), 0.2),
+    ("softmax linear", ms.MoESpec(gate="softmax", expert="linear"), G_SOFTMAX_SHARP, (-1.0, 1.0), 0.2),
+    ("sigmoid gelu", ms.MoESpec(gate="sigmoid", expert="gelu"), G_TANH, (-3.0, 3.0), 0.1),
 )
 
 
@@ -109,6 +118,26 @@ def quality_rows(n: int, seeds: int) -> list[dict]:
                 times.append(res.runtime_s)
             rows.append({"k": k, "starts": label, "n": n, "no_worse_than_truth": f"{ok}/{seeds}",
                          "fit_s": float(np.median(times))})
+    return rows
+
+
+def start_rows(n: int = 10_000, samples: int = 20) -> list[dict]:
+    """Truth-free starts on other models: 16 random against 8 k-means and 8 random, k = 2 and 3, the share
+    of fits no worse than the truth over `samples` samples (seeds 2000..)."""
+    rows = []
+    for name, spec, truth, box, sd in START_MODELS:
+        for k in (2, 3):
+            row = {"model": name, "k": k}
+            for label, init in (("random x 16", {"random": 16}), ("kmeans, random x 8", {"kmeans": 8, "random": 8})):
+                ok, times = 0, []
+                for seed in range(samples):
+                    X, y = ms.sample(spec, truth, n, rng=2000 + seed, noise_sd=sd, bounds=box)
+                    res = ms.fit(spec, X, y, k, init=init, rng=seed, G_true=truth)
+                    ok += not res.worse_than_truth
+                    times.append(res.runtime_s)
+                row[f"{label}: no_worse"] = f"{ok}/{samples}"
+                row[f"{label}: fit_s"] = float(np.median(times))
+            rows.append(row)
     return rows
 
 
@@ -161,6 +190,7 @@ def main() -> None:
     parser.add_argument("--quality-n", type=int, nargs="+", default=[10_000], help="sample sizes of the count")
     parser.add_argument("--em-seeds", type=int, default=20, help="samples of the EM recovery count (0: skip)")
     parser.add_argument("--tolerances", action="store_true", help="also the ftol_n table (k = 3, n = 1e4)")
+    parser.add_argument("--starts", action="store_true", help="also truth-free starts on four other models")
     parser.add_argument("--skip-timing", action="store_true", help="only the quality counts")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     args = parser.parse_args()
@@ -176,6 +206,9 @@ def main() -> None:
         if args.seeds:
             print()
             print(markdown([row for n in args.quality_n for row in quality_rows(n, args.seeds)]))
+        if args.starts:
+            print()
+            print(markdown(start_rows()))
         if args.tolerances:
             print()
             print(markdown(tolerance_rows()))

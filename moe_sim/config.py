@@ -98,7 +98,7 @@ class Series:
     truth: MixingMeasure
     k: int
     method: str
-    init: str | tuple
+    init: str | tuple | dict
     n_starts: int | None
     options: dict
     loss: str
@@ -190,8 +190,11 @@ def _estimator(table: dict, where: str) -> tuple[str, str | list, int | None, di
     if method not in METHODS:
         raise _fail(f"{where}.method", method, f"choose one of {', '.join(METHODS)}")
     init = table.get("init", "default")
-    if not (isinstance(init, str) or (isinstance(init, list) and init and all(isinstance(i, str) for i in init))):
-        raise _fail(f"{where}.init", init, "expected a strategy name or a non-empty list of them")
+    if isinstance(init, dict):
+        for name, count in init.items():
+            _pos_int(f"{where}.init.{name}", count)
+    elif not (isinstance(init, str) or (isinstance(init, list) and init and all(isinstance(i, str) for i in init))):
+        raise _fail(f"{where}.init", init, "expected a strategy name, a non-empty list of them or a table of counts")
     n_starts = table.get("n_starts")
     if n_starts is not None:
         _pos_int(f"{where}.n_starts", n_starts)
@@ -289,7 +292,7 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
             _pos_int(f"{where}.k", k)
             if k < truth.k:
                 raise _fail(f"{where}.k", k, f"expected k >= the number of true atoms ({truth.k})")
-            series.append(Series(label, spec, truth, k, method, init if isinstance(init, str) else tuple(init),
+            series.append(Series(label, spec, truth, k, method, init if isinstance(init, (str, dict)) else tuple(init),
                                  n_starts, options, s_loss, data_keys[key][0], backend))
     names = [s.name for s in series]
     if len(set(names)) != len(names):

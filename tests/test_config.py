@@ -41,6 +41,11 @@ def test_quick_overrides_merge_tables():
     assert parse_config(raw).series[0].n_starts == 3
 
 
+def test_init_table_gives_counts_per_strategy():
+    exp = parse_config(with_(estimator={"init": {"kmeans": 2, "random": 6}}))
+    assert exp.series[0].init == {"kmeans": 2, "random": 6}
+
+
 def test_geometric_grid():
     exp = parse_config(with_(n={"start": 100, "stop": 10000, "num": 3}))
     assert exp.n_grid == (100, 1000, 10000)
@@ -76,6 +81,7 @@ def test_shared_data_needs_the_same_regression_function():
     ({"k": 1}, "'series\\[0\\].k' = 1"),
     ({"estimator": {"method": "em"}}, "'series\\[0\\].estimator.method' = 'em'"),
     ({"seed": -1}, "'seed' = -1"),
+    ({"estimator": {"init": {"random": 0}}}, "'series\\[0\\].estimator.init.random' = 0"),
     ({"nosie_sd": 0.1}, "unknown config key\\(s\\) \\['nosie_sd'\\]"),
     ({"model": {"gate": "softmax", "expert": "tanhh"}}, "series\\[0\\].model.*expert='tanhh'"),
     ({"truth": {"bias": [0.0], "gate": [[1.0, 2.0]], "expert": [[0.0, 1.0]]}}, "series\\[0\\].truth"),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import moe_sim as ms
-from moe_sim.fit.init import INITS, initial_measures, near_truth, resolve_init
+from moe_sim.fit.init import INITS, initial_measures, near_truth, start_plan
 
 SPEC = ms.MoESpec(gate="softmax", expert="tanh")
 G = ms.MixingMeasure(bias=[0.0, 0.5, -0.5], gate=[[3.0], [0.0], [-2.0]],
@@ -80,18 +80,34 @@ def test_kmeans_experts_and_gates_follow_the_clusters():
 def test_gaussian_starts_carry_variances(paper_a):
     spec, truth = paper_a
     X, y = ms.sample(spec, truth, 500, rng=5, design="equispaced", bounds=(0.0, 1.0))
-    for name, start in initial_measures(spec, X, y, 3, "default", 1, rng=5, G_true=truth):
+    for name, start in initial_measures(spec, X, y, 3, "default", rng=5, G_true=truth, method="em"):
         assert start.var is not None and np.all(start.var > 0), name
 
 
-def test_resolve_init():
-    assert resolve_init("default", None) == ("kmeans", "random")
-    assert resolve_init("default", G) == ("kmeans", "random", "near_truth")
-    assert resolve_init(["random", "near_truth"], G) == ("random", "near_truth")
-    with pytest.raises(ValueError, match="init='grid' is not allowed; choose 'default' or any of"):
-        resolve_init("grid", None)
+def test_start_plan():
+    assert start_plan("default", None, None) == {"random": 16}
+    assert start_plan("default", None, G) == {"random": 16, "near_truth": 8}
+    assert start_plan("default", 2, G) == {"random": 2, "near_truth": 2}
+    assert start_plan("default", None, G, method="em") == {"kmeans": 1, "random": 1, "near_truth": 1}
+    assert start_plan(["random", "near_truth"], None, G) == {"random": 8, "near_truth": 8}
+    assert start_plan("kmeans", 3, None, method="em") == {"kmeans": 3}
+    assert start_plan({"kmeans": 2, "random": 5}, None, None) == {"kmeans": 2, "random": 5}
+    with pytest.raises(ValueError, match="init='grid' is not allowed; choose 'default', a dict of counts or any of"):
+        start_plan("grid", None, None)
     with pytest.raises(ValueError, match="not allowed"):
-        resolve_init([], None)
+        start_plan([], None, None)
+    with pytest.raises(ValueError, match="every count must be a positive integer"):
+        start_plan({"random": 0}, None, None)
+    with pytest.raises(ValueError, match="n_starts must be a positive integer"):
+        start_plan("random", 0, None)
+    with pytest.raises(ValueError, match="method='mle' is not allowed"):
+        start_plan("default", None, None, method="mle")
+
+
+def test_dict_init_gives_counts_per_strategy(data):
+    X, y = data
+    starts = initial_measures(SPEC, X, y, 3, {"kmeans": 1, "random": 2}, rng=0)
+    assert [name for name, _ in starts] == ["kmeans", "random", "random"]
 
 
 def test_near_truth_bad_arguments(data):

@@ -266,7 +266,8 @@ def test_em_matches_ms_fit_on_the_same_seeds(paper_a):
     Xs, ys = _cell(spec, G, 800, 3, seed=13, design="equispaced", bounds=(0.0, 1.0))
     seeds = [np.random.SeedSequence(13, spawn_key=(r, 1)) for r in range(3)]
     rngs = [np.random.default_rng(seed) for seed in seeds]
-    starts = [fit_mod.initial_measures(spec, X, y, 2, "default", 1, rng, G) for X, y, rng in zip(Xs, ys, rngs)]
+    starts = [fit_mod.initial_measures(spec, X, y, 2, "default", None, rng, G, method="em")
+              for X, y, rng in zip(Xs, ys, rngs)]
     results = tb.fit_batch(spec, Xs, ys, 2, starts, method="em", truth=G, rngs=rngs)
     for res, X, y, seed in zip(results, Xs, ys, seeds):
         ref = ms.fit(spec, X, y, 2, method="em", rng=seed, G_true=G)

@@ -9,17 +9,16 @@ import numpy as np
 from ..measure import MixingMeasure, MoESpec
 from ..model import check_inputs, log_density
 from .gbar import ClosestMeasure, closest_measure
-from .init import INITS, TRUTH_FREE, initial_measures
+from .init import DEFAULT_PLAN, INITS, TRUTH_FREE, initial_measures
 from .lse import lse_fit
 from .profile import Profile, profile
 from .result import FitResult, StartResult
 
 METHODS = ("lse", "em")
 BACKENDS = ("numpy", "torch")
-DEFAULT_STARTS = {"lse": 8, "em": 1}
 
 __all__ = [
-    "INITS", "METHODS", "TRUTH_FREE", "ClosestMeasure", "FitResult", "Profile", "StartResult",
+    "DEFAULT_PLAN", "INITS", "METHODS", "TRUTH_FREE", "ClosestMeasure", "FitResult", "Profile", "StartResult",
     "closest_measure", "fit", "fit_starts", "initial_measures", "profile",
 ]
 
@@ -30,8 +29,7 @@ def fit_starts(spec: MoESpec, X, y, k: int, method: str, init, n_starts: int | N
     unknown = set(init_options or {}) - {"scale", "power"}
     if unknown:
         raise ValueError(f"init_options has unknown keys {sorted(unknown)}; allowed: 'scale', 'power'")
-    return initial_measures(spec, X, y, k, init, DEFAULT_STARTS[method] if n_starts is None else n_starts, rng,
-                            G_true, **(init_options or {}))
+    return initial_measures(spec, X, y, k, init, n_starts, rng, G_true, method=method, **(init_options or {}))
 
 
 def fit(
@@ -51,8 +49,9 @@ def fit(
     """Fit a k-atom mixing measure to (X, y), best of several starts.
 
     method: "lse" (least squares, regression MoE) or "em" (maximum likelihood, Gaussian MoE).
-    init: a strategy name of `INITS`, a list of them, or "default" (the truth-free strategies, plus
-    near_truth when G_true is given); n_starts starts per strategy (default 8 for lse, 1 for em).
+    init: "default" (`DEFAULT_PLAN`: least squares 16 random starts, plus 8 near_truth when G_true is given;
+    EM one kmeans, one random and one near_truth), a strategy name of `INITS`, a list of them, or a dict
+    {name: count}; n_starts, when given, is the count for every strategy (default 8 for lse, 1 for em).
     init_options: keyword arguments of the strategies (near_truth: scale, power).
     G_true: the truth, used by near_truth and to store the truth's objective on the same sample
     (FitResult.truth_objective, worse_than_truth).

@@ -24,6 +24,11 @@ from ..model import Features, check_inputs, forward
 
 TRUTH_FREE = ("kmeans", "random")
 INITS = ("near_truth", *TRUTH_FREE)
+# init="default", per estimator: starts per strategy (near_truth only when the truth is given). Least squares
+# leaves k-means out: 16 random starts reached the global fit at least as often as 8 k-means and 8 random
+# ones on every model measured, in less time (benchmarks/README.md). EM keeps one start of each.
+DEFAULT_PLAN = {"lse": {"random": 16, "near_truth": 8}, "em": {"kmeans": 1, "random": 1, "near_truth": 1}}
+PER_STRATEGY = {"lse": 8, "em": 1}  # starts per named strategy when n_starts is not given
 _GATE_LOGIT = 2.0  # target gate logit of a cluster's members (minus for non-members)
 _MAX_POINTS = 4000  # truth-free strategies look at a random subsample of at most this many points
 _RIDGE = 1e-8
@@ -164,36 +169,49 @@ def _with_variance(spec: MoESpec, G: MixingMeasure, X: np.ndarray, y: np.ndarray
     return MixingMeasure(G.bias, G.gate, G.expert, np.full(G.k, var))
 
 
-def resolve_init(init, G_true: MixingMeasure | None) -> tuple[str, ...]:
-    """Strategy names from `init`: a name, a sequence of names, or "default" (truth-free, plus near_truth
-    when the truth is given)."""
-    names = (init,) if isinstance(init, str) else tuple(init)
-    if names == ("default",):
-        return TRUTH_FREE + (("near_truth",) if G_true is not None else ())
-    bad = [name for name in names if name not in INITS]
-    if bad or not names:
-        raise ValueError(f"init={init!r} is not allowed; choose 'default' or any of {', '.join(map(repr, INITS))}")
-    return names
+def start_plan(init, n_starts: int | None, G_true: MixingMeasure | None, method: str = "lse") -> dict[str, int]:
+    """Starts per strategy, {name: count}, from `init`: "default" (DEFAULT_PLAN[method]; n_starts, when given,
+    replaces every count), a strategy name or a sequence of names (n_starts each, by default
+    PER_STRATEGY[method]), or a dict {name: count}."""
+    if method not in DEFAULT_PLAN:
+        raise ValueError(f"method={method!r} is not allowed; choose one of {', '.join(map(repr, DEFAULT_PLAN))}")
+    if n_starts is not None and not (isinstance(n_starts, (int, np.integer)) and n_starts >= 1):
+        raise ValueError(f"n_starts must be a positive integer, got {n_starts!r}")
+    if isinstance(init, str) and init == "default":
+        plan = {name: count for name, count in DEFAULT_PLAN[method].items()
+                if name != "near_truth" or G_true is not None}
+        return plan if n_starts is None else dict.fromkeys(plan, int(n_starts))
+    if isinstance(init, dict):
+        plan = dict(init)
+        bad_counts = {name: c for name, c in plan.items() if not (isinstance(c, (int, np.integer)) and c >= 1)}
+        if bad_counts:
+            raise ValueError(f"init={init!r}: every count must be a positive integer, got {bad_counts}")
+    else:
+        names = (init,) if isinstance(init, str) else tuple(init)
+        plan = dict.fromkeys(names, int(PER_STRATEGY[method] if n_starts is None else n_starts))
+    bad = [name for name in plan if name not in INITS]
+    if bad or not plan:
+        raise ValueError(f"init={init!r} is not allowed; choose 'default', a dict of counts or any of "
+                         f"{', '.join(map(repr, INITS))}")
+    return plan
 
 
 def initial_measures(
-    spec: MoESpec, X, y, k: int, init="default", n_starts: int = 2, rng=None,
-    G_true: MixingMeasure | None = None, scale: float = 0.1, power: float = 0.0,
+    spec: MoESpec, X, y, k: int, init="default", n_starts: int | None = None, rng=None,
+    G_true: MixingMeasure | None = None, scale: float = 0.1, power: float = 0.0, method: str = "lse",
 ) -> list[tuple[str, MixingMeasure]]:
-    """`n_starts` starting measures per strategy of `init`, as (strategy name, measure) pairs.
+    """Starting measures as (strategy name, measure) pairs, as many per strategy as `start_plan` says.
 
     scale and power set the near_truth noise sd, scale * n^-power. Deterministic for a seed.
     """
     X, y = check_inputs(spec, X, y)
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    if not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
-        raise ValueError(f"n_starts must be a positive integer, got {n_starts!r}")
-    names = resolve_init(init, G_true)
+    plan = start_plan(init, n_starts, G_true, method)
     rng = np.random.default_rng(rng)
     starts = []
-    for name in names:
-        for _ in range(n_starts):
+    for name, count in plan.items():
+        for _ in range(count):
             if name == "near_truth":
                 G = near_truth(spec, X, y, k, rng, G_true=G_true, scale=scale, power=power)
             else:
