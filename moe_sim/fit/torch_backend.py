@@ -38,7 +38,7 @@ import torch
 
 from ..measure import MixingMeasure, MoESpec
 from ..model import Features, check_inputs
-from .lse import box, distinct_best, screen_size
+from .lse import KEEP, box, distinct_best, screen_size
 from .result import FitResult, StartResult
 
 METHODS = ("lse", "em")
@@ -568,7 +568,7 @@ def fit_batch(
     bounds=None,
     var_floor: float = 1e-6,
     screen: int | str | None = "auto",
-    keep: int = 4,
+    keep: int = KEEP,
     rngs=None,
     ftol_n: float = LSE_FTOL_N,
     threads: int | None = 1,
