@@ -85,9 +85,9 @@ def test_gaussian_starts_carry_variances(paper_a):
 
 
 def test_start_plan():
-    assert start_plan("default", None, None) == {"random": 16}
-    assert start_plan("default", None, G) == {"random": 16, "near_truth": 8}
-    assert start_plan("default", 2, G) == {"random": 2, "near_truth": 2}
+    assert start_plan("default", None, None) == {"kmeans": 8, "random": 8}
+    assert start_plan("default", None, G) == {"kmeans": 8, "random": 8, "near_truth": 8}
+    assert start_plan("default", 2, G) == {"kmeans": 2, "random": 2, "near_truth": 2}
     assert start_plan("default", None, G, method="em") == {"kmeans": 1, "random": 1, "near_truth": 1}
     assert start_plan(["random", "near_truth"], None, G) == {"random": 8, "near_truth": 8}
     assert start_plan("kmeans", 3, None, method="em") == {"kmeans": 3}

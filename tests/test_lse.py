@@ -51,7 +51,7 @@ def test_default_starts_without_the_truth_reach_it_at_large_n():
     n, sigma = 100_000, 0.01
     X, y = ms.sample(TANH, G_TANH, n, rng=2, noise_sd=sigma, bounds=BOX)
     result = fit(TANH, X, y, 2, rng=2)
-    assert [s.init for s in result.starts] == ["random"] * 16
+    assert [s.init for s in result.starts] == ["kmeans"] * 8 + ["random"] * 8
     truth_rss = np.sum((y - ms.regression_function(TANH, G_TANH, X)) ** 2)
     assert result.objective <= truth_rss * (1 + 1e-9)
     assert ms.voronoi_loss(TANH, result.measure, G_TANH) < 0.05
@@ -73,7 +73,7 @@ def test_result_diagnostics_and_reproducibility():
     a = fit(TANH, X, y, 2, n_starts=2, rng=3)
     b = fit(TANH, X, y, 2, n_starts=2, rng=3)
     np.testing.assert_array_equal(a.measure.to_vector(), b.measure.to_vector())
-    assert [s.init for s in a.starts] == ["random", "random"]  # the least-squares default: random starts
+    assert [s.init for s in a.starts] == ["kmeans", "kmeans", "random", "random"]
     assert a.objective == min(s.objective for s in a.starts)
     assert a.method == "lse" and a.runtime_s > 0 and a.n_iter > 0
     assert a.truth_objective is None and a.worse_than_truth is None

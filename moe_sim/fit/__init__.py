@@ -49,9 +49,9 @@ def fit(
     """Fit a k-atom mixing measure to (X, y), best of several starts.
 
     method: "lse" (least squares, regression MoE) or "em" (maximum likelihood, Gaussian MoE).
-    init: "default" (`DEFAULT_PLAN`: least squares 16 random starts, plus 8 near_truth when G_true is given;
-    EM one kmeans, one random and one near_truth), a strategy name of `INITS`, a list of them, or a dict
-    {name: count}; n_starts, when given, is the count for every strategy (default 8 for lse, 1 for em).
+    init: "default" (`DEFAULT_PLAN`: least squares 8 kmeans and 8 random starts, plus 8 near_truth when G_true
+    is given; EM one of each), a strategy name of `INITS`, a list of them, or a dict {name: count}; n_starts,
+    when given, is the count for every strategy (default 8 for lse, 1 for em).
     init_options: keyword arguments of the strategies (near_truth: scale, power).
     G_true: the truth, used by near_truth and to store the truth's objective on the same sample
     (FitResult.truth_objective, worse_than_truth).

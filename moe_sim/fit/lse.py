@@ -10,9 +10,8 @@ Multi-start with screening: near-truth starts alone miss the global fit, and one
 only in a fraction of samples (about 1 in 5 for a sigmoid tanh model with k = k*), so `fit` runs many starts.
 With n > `screen` each start is first fitted on a random subsample (by default max(2000, n / 10) points:
 on 2000 points alone, over-specified fits drift to other configurations and 3 of 20 fits at n = 1e5 ended
-worse than the truth) and only the `keep` (KEEP = 6) best distinct optima are polished on the full sample,
-which keeps many starts affordable at n = 1e5. With 4 polished of the default 24 starts, 3 of 50 over-specified
-fits (k = 3, n = 1e4) ended 0.01 to 0.03 above the truth's RSS; with 6, none, for 15% more time.
+worse than the truth) and only the `keep` (KEEP = 4) best distinct optima are polished on the full sample,
+which keeps many starts affordable at n = 1e5.
 benchmarks/README.md records how often the result is no worse than the truth.
 
 Noise-free designs (`closest_measure`, `profile`) need the opposite: the objective tends to zero and only a
@@ -40,7 +39,7 @@ from ..model import Features, Scratch, check_inputs, forward, forward_stacked, r
 from .result import FitResult, StartResult
 
 _BLOCKS = ("bias", "gate", "expert")
-KEEP = 6  # starts polished on the full sample after screening (module docstring)
+KEEP = 4  # starts polished on the full sample after screening (module docstring)
 
 
 @functools.cache
