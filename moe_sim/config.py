@@ -198,6 +198,8 @@ def _estimator(table: dict, where: str) -> tuple[str, str | list, int | None, di
     n_starts = table.get("n_starts")
     if n_starts is not None:
         _pos_int(f"{where}.n_starts", n_starts)
+        if isinstance(init, dict):
+            raise _fail(f"{where}.n_starts", n_starts, "leave it unset when init is a table of counts")
     options = table.get("options", {})
     if not isinstance(options, dict):
         raise _fail(f"{where}.options", options, "expected a table of estimator options")

@@ -82,6 +82,7 @@ def test_shared_data_needs_the_same_regression_function():
     ({"estimator": {"method": "em"}}, "'series\\[0\\].estimator.method' = 'em'"),
     ({"seed": -1}, "'seed' = -1"),
     ({"estimator": {"init": {"random": 0}}}, "'series\\[0\\].estimator.init.random' = 0"),
+    ({"estimator": {"init": {"random": 4}, "n_starts": 2}}, "'series\\[0\\].estimator.n_starts' = 2"),
     ({"nosie_sd": 0.1}, "unknown config key\\(s\\) \\['nosie_sd'\\]"),
     ({"model": {"gate": "softmax", "expert": "tanhh"}}, "series\\[0\\].model.*expert='tanhh'"),
     ({"truth": {"bias": [0.0], "gate": [[1.0, 2.0]], "expert": [[0.0, 1.0]]}}, "series\\[0\\].truth"),

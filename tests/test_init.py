@@ -96,6 +96,8 @@ def test_start_plan():
         start_plan("grid", None, None)
     with pytest.raises(ValueError, match="not allowed"):
         start_plan([], None, None)
+    with pytest.raises(ValueError, match="gives the counts: leave n_starts"):
+        start_plan({"random": 2}, 3, None)
     with pytest.raises(ValueError, match="every count must be a positive integer"):
         start_plan({"random": 0}, None, None)
     with pytest.raises(ValueError, match="n_starts must be a positive integer"):

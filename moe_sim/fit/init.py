@@ -183,6 +183,8 @@ def start_plan(init, n_starts: int | None, G_true: MixingMeasure | None, method:
                 if name != "near_truth" or G_true is not None}
         return plan if n_starts is None else dict.fromkeys(plan, int(n_starts))
     if isinstance(init, dict):
+        if n_starts is not None:
+            raise ValueError(f"init={init!r} gives the counts: leave n_starts (got {n_starts!r}) unset")
         plan = dict(init)
         bad_counts = {name: c for name, c in plan.items() if not (isinstance(c, (int, np.integer)) and c >= 1)}
         if bad_counts:
