@@ -138,7 +138,7 @@ def _save(fig, out_dir, basename: str) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{basename}.png", out_dir / f"{basename}.pdf"]
     fig.savefig(paths[0], dpi=130)
-    fig.savefig(paths[1])
+    fig.savefig(paths[1], metadata={"CreationDate": None})  # no timestamp: the same results give the same bytes
     return paths
 
 

@@ -73,6 +73,10 @@ def test_run_rates_plot(configs, tmp_path, capsys):
     assert main(["plot", str(results), "--out", str(figures)]) == 0
     names = {p.name for p in figures.iterdir()}
     assert {"tiny.png", "tiny.pdf", "tiny_rates.md", "tiny_sample_complexity.png"} <= names
+    again = tmp_path / "again"
+    assert main(["plot", str(results), "--out", str(again)]) == 0
+    for name in ("tiny.pdf", "tiny.png", "tiny_rates.csv"):
+        assert (figures / name).read_bytes() == (again / name).read_bytes(), f"{name} differs between two plots"
 
 
 def test_reproduce_quick_and_resume(configs, tmp_path, capsys):
