@@ -119,7 +119,7 @@ class Forward:
 class Scratch:
     """Arrays kept from one evaluation to the next, one per name and shape, so that the least-squares loop
     allocates nothing: glibc hands fresh temporaries of a few hundred kB back to the OS after each
-    evaluation, and paying for them again in page faults made an evaluation up to 5 times slower at some n
+    evaluation, and paying for them again in page faults made an evaluation about 5 times slower at some n
     (benchmarks/README.md). An array from a Scratch is overwritten by the next call with its name and shape."""
 
     def __init__(self):

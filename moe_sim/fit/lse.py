@@ -49,7 +49,8 @@ def _controller() -> ThreadpoolController:
 
 def single_threaded_blas():
     """BLAS limited to one thread: scipy's L-BFGS-B calls it on tiny vectors (benchmarks/README.md). The
-    controller is built once per process: scanning the loaded libraries costs about 3 ms per fit."""
+    controller is built once per process: scanning the loaded libraries costs about 2 ms per fit
+    (benchmarks/bench_eval.py)."""
     return _controller().limit(limits=1, user_api="blas")
 
 
