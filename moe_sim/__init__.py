@@ -3,6 +3,7 @@
 from .conditioning import asymptotic_sd
 from .config import load_config
 from .families import EXPERTS, ExpertFamily, register_expert
+from .gates import GATES, Gate, register_gate
 from .fit import INITS, closest_measure, fit, profile
 from .measure import MixingMeasure, MoESpec
 from .model import log_density, log_density_gradient, regression_function, regression_gradient
@@ -18,6 +19,8 @@ __version__ = "0.1.0"
 __all__ = [
     "EXPERTS",
     "ExpertFamily",
+    "GATES",
+    "Gate",
     "INITS",
     "MixingMeasure",
     "MoESpec",
@@ -35,6 +38,7 @@ __all__ = [
     "profile",
     "rate_table",
     "register_expert",
+    "register_gate",
     "regression_function",
     "regression_gradient",
     "run_sweep",

@@ -33,7 +33,7 @@ def asymptotic_sd(
     for block in ("bias", "gate", "expert"):
         per_atom = grad[block].reshape(G.k, -1, X.shape[0])
         for atom in range(G.k):
-            if spec.gate == "softmax" and block != "expert" and atom == G.k - 1:
+            if spec.gate_family.translation_invariant and block != "expert" and atom == G.k - 1:
                 continue
             for index, column in enumerate(per_atom[atom]):
                 columns.append(column)

@@ -207,7 +207,7 @@ def _estimator(table: dict, where: str) -> tuple[str, str | list, int | None, di
 
 
 def _data_key(spec: MoESpec, truth: MixingMeasure) -> str:
-    return json.dumps([spec.gate, spec.score, spec.expert_name, spec.d, spec.likelihood, spec.degree,
+    return json.dumps([spec.gate_name, spec.score, spec.expert_name, spec.d, spec.likelihood, spec.degree,
                        spec.temperature, truth.to_dict()], sort_keys=True)
 
 

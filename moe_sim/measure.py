@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.special import logsumexp
-from .families import EXPERTS, SCORES, ExpertFamily, score_dim, sigmoid
+from .families import EXPERTS, SCORES, ExpertFamily, score_dim
+from .gates import GATES, Gate
 
-GATES = ("softmax", "sigmoid")
 LIKELIHOODS = ("regression", "gaussian")
 
 
@@ -16,21 +15,27 @@ LIKELIHOODS = ("regression", "gaussian")
 class MoESpec:
     """A mixture-of-experts family: gate, score, expert, input dimension and likelihood.
 
-    `expert` is a registered name or an `ExpertFamily`; `degree` is the polynomial experts' degree;
-    `temperature` divides the gate score.
+    `gate` is a registered name or a `Gate`, `expert` a registered name or an `ExpertFamily`; `degree` is the
+    polynomial experts' degree; `temperature` divides the gate score.
     """
 
-    gate: str = "softmax"
+    gate: str | Gate = "softmax"
     score: str = "linear"
     expert: str | ExpertFamily = "linear"
     d: int = 1
     likelihood: str = "regression"
     degree: int = 2
     temperature: float = 1.0
+    gate_family: Gate = field(init=False, repr=False, compare=False)
     expert_family: ExpertFamily = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        _check_choice("gate", self.gate, GATES)
+        if isinstance(self.gate, Gate):
+            gate = self.gate
+        else:
+            _check_choice("gate", self.gate, tuple(GATES))
+            gate = GATES[self.gate]
+        object.__setattr__(self, "gate_family", gate)
         _check_choice("score", self.score, SCORES)
         _check_choice("likelihood", self.likelihood, LIKELIHOODS)
         if isinstance(self.expert, ExpertFamily):
@@ -39,19 +44,26 @@ class MoESpec:
             _check_choice("expert", self.expert, tuple(EXPERTS))
             family = EXPERTS[self.expert]
         object.__setattr__(self, "expert_family", family)
-        if not isinstance(self.d, (int, np.integer)) or self.d < 1:
+        if isinstance(self.d, bool) or not isinstance(self.d, (int, np.integer)) or self.d < 1:
             raise ValueError(f"d must be a positive integer, got {self.d!r}")
         if family.name == "polynomial":
             if self.d != 1:
                 raise ValueError(f"d must be 1 for polynomial experts, got d={self.d}")
             if not isinstance(self.degree, (int, np.integer)) or self.degree < 1:
                 raise ValueError(f"degree must be a positive integer, got {self.degree!r}")
-        if not (np.isfinite(self.temperature) and self.temperature > 0):
+        real = isinstance(self.temperature, (int, float, np.integer, np.floating)) and not isinstance(
+            self.temperature, bool)
+        if not (real and np.isfinite(self.temperature) and self.temperature > 0):
             raise ValueError(f"temperature must be a positive finite number, got {self.temperature!r}")
-        if self.likelihood == "gaussian" and self.gate != "softmax":
+        if self.likelihood not in gate.likelihoods:
             raise ValueError(
-                f"likelihood='gaussian' needs gate='softmax' (the gates must sum to one), got gate={self.gate!r}"
+                f"likelihood={self.likelihood!r} is not allowed with gate={gate.name!r}; it allows "
+                f"{', '.join(map(repr, gate.likelihoods))} (a Gaussian MoE needs gates that sum to one)"
             )
+
+    @property
+    def gate_name(self) -> str:
+        return self.gate_family.name
 
     @property
     def expert_name(self) -> str:
@@ -68,20 +80,12 @@ class MoESpec:
         return self.expert_family.n_params(self.d, self.degree)
 
     def weights(self, bias: np.ndarray) -> np.ndarray:
-        """Atom weights w(c): exp(c) for softmax (inf for a runaway bias, without a warning), sigmoid(c)."""
-        if self.gate == "sigmoid":
-            return sigmoid(bias)
-        with np.errstate(over="ignore"):
-            return np.exp(bias)
+        """Atom weights w(c) of the gate family (softmax exp(c), sigmoid sigmoid(c))."""
+        return self.gate_family.weight(bias)
 
     def weight_shares(self, bias: np.ndarray) -> np.ndarray:
-        """w(c_i) / sum_j w(c_j) over the given atoms, stable for softmax biases that overflow exp."""
-        if len(bias) == 0:
-            return np.zeros(0)
-        if self.gate == "softmax":
-            return np.exp(bias - logsumexp(bias))
-        w = sigmoid(bias)
-        return w / w.sum()
+        """w(c_i) / sum_j w(c_j) over the given atoms."""
+        return self.gate_family.weight_shares(bias)
 
     def check_measure(self, G: "MixingMeasure", name: str = "G") -> "MixingMeasure":
         """Raise a ValueError unless G's parameter shapes fit this family."""

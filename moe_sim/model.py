@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from .families import score_features, sigmoid
+from .families import score_features
+from .gates import sum_atoms
 from .measure import MixingMeasure, MoESpec
 
 Array = np.ndarray
@@ -137,27 +138,6 @@ def _fresh(name: str, shape: tuple[int, ...]) -> Array:
     return np.empty(shape)
 
 
-def _sum_atoms(a: Array, out: Array) -> Array:
-    """Sum over the atoms axis of a (k, n) array, by row additions: faster than a.sum(axis=0) for few rows."""
-    if len(a) == 1:
-        np.copyto(out, a[0])
-        return out
-    np.add(a[0], a[1], out=out)
-    for row in a[2:]:
-        out += row
-    return out
-
-
-def _softmax(z: Array, scratch=_fresh) -> Array:
-    """Softmax over the atoms axis, in place on z."""
-    z -= np.max(z, axis=0, out=scratch("top", z.shape[1:]))
-    np.exp(z, out=z)
-    total = _sum_atoms(z, scratch("total", z.shape[1:]))
-    np.divide(1.0, total, out=total)
-    z *= total
-    return z
-
-
 def _logits_and_experts(spec: MoESpec, W: Array, feats: Features, scratch=_fresh) -> tuple[Array, ...]:
     """Gate logits z, expert pre-activations u and expert values h, all (k, n), for stacked parameters W."""
     k, n = W.shape[0] // 2, feats.n
@@ -180,9 +160,9 @@ def forward_stacked(spec: MoESpec, W: Array, feats: Features, scratch=_fresh) ->
     """`forward` for stacked parameters W = feats.stack(G): the least-squares objective's hot path, run in
     the arrays of `scratch` (a `Scratch`) when given."""
     z, u, h = _logits_and_experts(spec, W, feats, scratch)
-    g = _softmax(z, scratch) if spec.gate == "softmax" else sigmoid(z, out=z)
+    g = spec.gate_family.gates(z, scratch)
     gh = np.multiply(g, h, out=scratch("gh", g.shape))
-    return Forward(g, u, h, gh, _sum_atoms(gh, scratch("f", (feats.n,))))
+    return Forward(g, u, h, gh, sum_atoms(gh, scratch("f", (feats.n,))))
 
 
 def pullback(spec: MoESpec, fw: Forward, v, scratch=_fresh) -> Array:
@@ -192,9 +172,7 @@ def pullback(spec: MoESpec, fw: Forward, v, scratch=_fresh) -> Array:
     gv = np.multiply(fw.g, v, out=scratch("gv", (k, n)))
     D = scratch("D", (2 * k, n))
     dz, du = D[:k], D[k:]
-    # sigmoid: df/dz_i = g_i (1 - g_i) h_i = g_i (h_i - g_i h_i); softmax: df/dz_i = g_i (h_i - f)
-    np.subtract(fw.h, fw.gh if spec.gate == "sigmoid" else fw.f, out=dz)
-    dz *= gv
+    spec.gate_family.logit_pullback(fw, gv, dz)
     spec.expert_family.derivative(fw.u, fw.h, out=du)
     du *= gv
     return D
@@ -267,7 +245,7 @@ def log_density_gradient(spec: MoESpec, G: MixingMeasure, X, y) -> dict[str, Arr
     z, u, h = _logits_and_experts(spec, feats.stack(G), feats)
     log_joint = _log_joint(G, z, h, y)
     resp = np.exp(log_joint - _logsumexp0(log_joint))
-    dz = resp - _softmax(z.copy())
+    dz = resp - spec.gate_family.gates(z.copy())
     resid = y[None, :] - h
     var = G.var[:, None]
     du = resp * resid / var * spec.expert_family.derivative(u, h)

@@ -25,7 +25,7 @@ from .config import Experiment, Series
 from .measure import MixingMeasure
 from .model import regression_function
 from .sample import draw_design, sample
-from .voronoi import parameter_errors, sigmoid_regime, voronoi_loss
+from .voronoi import parameter_errors, voronoi_loss
 
 COLUMNS = {
     "experiment": "string", "series_index": "int64", "series": "string", "label": "string", "k": "int64",
@@ -75,7 +75,7 @@ def reference_measure(exp: Experiment, series: Series, closest=None) -> tuple[Mi
     """The measure losses are taken against, and a note: G*, or G_bar for an over-specified sigmoid fit in
     regime 2 (computed by `closest_measure` on the experiment's design and bounds, options from the config's
     [reference] table; the note lists G_bar's degeneracy issues, if any)."""
-    if not (series.spec.gate == "sigmoid" and sigmoid_regime(series.truth) == 2 and series.k > series.truth.k):
+    if not (series.spec.gate_family.regime(series.truth) == 2 and series.k > series.truth.k):
         return series.truth, ""
     if closest is None:
         from .fit import closest_measure as closest

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .measure import MixingMeasure, MoESpec
-from .voronoi import cell_exponent, sigmoid_regime
+from .voronoi import cell_exponent
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def predicted_rates(spec: MoESpec, G_true: MixingMeasure, k: int, r=None) -> pd.
     if not isinstance(k, (int, np.integer)) or k < G_true.k:
         raise ValueError(f"k must be an integer >= the number of true atoms ({G_true.k}), got {k!r}")
     estimator = "mle" if spec.likelihood == "gaussian" else "lse"
-    regime = sigmoid_regime(G_true) if spec.gate == "sigmoid" else None
+    regime = spec.gate_family.regime(G_true)
     reference = "G_bar" if regime == 2 else "G*"
     rows = [{"cell": "all", "cell_size": np.nan, "block": "regression_function", "exponent": 0.5,
              "rate": "sqrt(log n / n)", "reference": "G*", "tag": "S", "source": "all papers"}]
@@ -130,7 +130,7 @@ def predicted_rates(spec: MoESpec, G_true: MixingMeasure, k: int, r=None) -> pd.
     for m in sizes:
         cell = "exact" if m == 1 else "over"
         found = [rl for rl in RULES if rl.cell == cell and _matches(
-            rl, spec.gate, estimator, spec.score, spec.expert_family.identifiable, regime)]
+            rl, spec.gate_name, estimator, spec.score, spec.expert_family.identifiable, regime)]
         if not found:
             rows.append({"cell": cell, "cell_size": m, "block": "any", "exponent": np.nan,
                          "rate": "no prediction", "reference": reference, "tag": "", "source": ""})

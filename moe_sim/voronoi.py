@@ -18,6 +18,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 from scipy.special import logsumexp
 
+from .gates import GATES
 from .measure import MixingMeasure, MoESpec
 
 LOSS_KINDS = ("auto", "D1", "D2", "D2r", "D3")
@@ -44,14 +45,14 @@ def cell_exponent(m: int, r=None) -> float:
 
 def sigmoid_regime(G_true: MixingMeasure) -> int:
     """1 when some true atom has zero score parameters (a constant gate extra atoms can split), else 2."""
-    return 1 if np.any(np.all(G_true.gate == 0, axis=1)) else 2
+    return GATES["sigmoid"].regime(G_true)
 
 
 def loss_kind(spec: MoESpec, G_true: MixingMeasure, k: int) -> str:
     """The loss the theory prescribes for this family, truth and number of fitted atoms."""
     if spec.likelihood == "gaussian":
         return "D2"
-    if spec.gate == "sigmoid" and sigmoid_regime(G_true) == 2:
+    if spec.gate_family.regime(G_true) == 2:
         if k != G_true.k:
             raise ValueError(
                 f"sigmoid regime 2 (every true atom has a non-zero score): the fit converges to G_bar, not to "
@@ -161,10 +162,10 @@ def _check_kind(spec: MoESpec, G: MixingMeasure, G_true: MixingMeasure, kind: st
 def align(spec: MoESpec, G: MixingMeasure, G_true: MixingMeasure, kind: str = "auto", r=None):
     """(translated G, loss, resolved kind): G moved by the softmax translation that minimises the loss.
 
-    For sigmoid gates G is returned unchanged.
+    For gates without the translation invariance (sigmoid) G is returned unchanged.
     """
     kind = _check_kind(spec, G, G_true, kind)
-    if spec.gate == "sigmoid":
+    if not spec.gate_family.translation_invariant:
         return G, _loss_fixed(spec, G, G_true, kind, r), kind
     best = None
     for t0, t in _candidate_translations(spec, G, G_true):

@@ -286,10 +286,10 @@ def em_fit(
     the result carries `trace`, a list (one per start) of per-iteration log-likelihood arrays (entry i is the
     log-likelihood after i iterations).
     """
-    if spec.likelihood != "gaussian" or spec.gate != "softmax":
+    if spec.likelihood != "gaussian" or spec.gate_name != "softmax":
         raise ValueError(
             f"em_fit needs likelihood='gaussian' and gate='softmax', got likelihood={spec.likelihood!r}, "
-            f"gate={spec.gate!r}"
+            f"gate={spec.gate_name!r}"
         )
     if not spec.expert_family.linear_in_params:
         raise ValueError(

@@ -134,9 +134,9 @@ def closest_measure(
     (near_truth, kmeans, random). null_tol: an atom whose |g_i h_i| stays below null_tol * sd(f_G*) on the
     design is reported as null. Warns DegenerateGBarWarning when an atom is on the boundary or null.
     """
-    if spec.gate != "sigmoid" or spec.likelihood != "regression":
+    if spec.gate_family.regime(G_true) is None or spec.likelihood != "regression":
         raise ValueError(
-            f"closest_measure needs a sigmoid-gated regression MoE, got gate={spec.gate!r}, "
+            f"closest_measure needs a sigmoid-gated regression MoE, got gate={spec.gate_name!r}, "
             f"likelihood={spec.likelihood!r}"
         )
     spec.check_measure(G_true, "G_true")

@@ -17,7 +17,6 @@ carry variances (the residual variance of the start's regression function, or th
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logit
 
 from ..measure import MixingMeasure, MoESpec
 from ..model import Features, check_inputs, forward
@@ -147,7 +146,7 @@ def near_truth(
         owner = np.sort(rng.choice(k_true, k, replace=False))
     share = np.bincount(owner, minlength=k_true)[owner]
     w = spec.weights(G_true.bias[owner]) / share
-    bias = np.log(w) if spec.gate == "softmax" else logit(w)
+    bias = spec.gate_family.bias_of(w)
     sd = scale * float(len(y)) ** -power
     var = None
     if spec.likelihood == "gaussian":

@@ -54,7 +54,7 @@ class _PairModel:
     def start(self, G_true: MixingMeasure, u: np.ndarray) -> np.ndarray:
         rows = np.hstack([G_true.gate, G_true.expert])
         w = self.spec.weights(G_true.bias[self.j]) / 2
-        pair_bias = np.log(w) if self.spec.gate == "softmax" else np.log(w / (1 - w))
+        pair_bias = self.spec.gate_family.bias_of(w)
         return np.concatenate([G_true.bias[self.others], rows[self.others].ravel(), [pair_bias], rows[self.j], u])
 
     def theta(self, phi, delta) -> tuple[np.ndarray, np.ndarray]:
@@ -165,7 +165,7 @@ def profile(
     for j in cells:
         row = {"cell": int(j), "order": np.nan, "constant": np.nan, "identified": False, "status": "",
                "delta_at_n_min": np.nan, "delta_at_n_max": np.nan, "visible": False, "n_visible": np.nan}
-        if spec.gate == "sigmoid" and np.any(G_true.gate[j] != 0):
+        if spec.gate_family.regime(G_true) is not None and np.any(G_true.gate[j] != 0):
             # Two sigmoids of the same non-zero slope never add up to one: the fit goes to G_bar instead.
             rows.append({**row, "status": "sigmoid regime-2 atom: the target is G_bar, not profiled"})
             continue

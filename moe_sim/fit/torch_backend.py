@@ -154,7 +154,7 @@ class _Batch:
 def _forward(spec: MoESpec, act, bias: Tensor, gate: Tensor, expert: Tensor, phi: Tensor, psi: Tensor):
     """Batched `moe_sim.model.forward`: z, g, u, h (B, k, c) and f (B, c)."""
     z = torch.baddbmm(bias[:, :, None], gate, phi)
-    g = torch.softmax(z, dim=1) if spec.gate == "softmax" else torch.sigmoid(z)
+    g = torch.softmax(z, dim=1) if spec.gate_name == "softmax" else torch.sigmoid(z)
     u = torch.bmm(expert, psi)
     h = act(u)
     return z, g, u, h, (g * h).sum(dim=1)
@@ -163,7 +163,7 @@ def _forward(spec: MoESpec, act, bias: Tensor, gate: Tensor, expert: Tensor, phi
 def _jacobian(spec: MoESpec, dact, g, u, h, f, phi, psi, nb: int) -> Tensor:
     """Per-sample df/dtheta (B, F, c) over the free parameters, in `MixingMeasure.to_vector` order: the bias
     and gate of the first nb atoms (k - 1 for softmax: the last is held), then every atom's expert."""
-    dfdz = g[:, :nb] * (h[:, :nb] - f[:, None]) if spec.gate == "softmax" else g * (1.0 - g) * h
+    dfdz = g[:, :nb] * (h[:, :nb] - f[:, None]) if spec.gate_name == "softmax" else g * (1.0 - g) * h
     dfdu = g * dact(u, h)
     B, k, c = g.shape
     q, p = phi.shape[1], psi.shape[1]
@@ -184,7 +184,7 @@ def _split(spec: MoESpec, k: int, theta: Tensor):
 def _lse_pass(spec, act, dact, batch: _Batch, k: int, theta: Tensor, rep: Tensor):
     """RSS (B,), J^T J (B, F, F) and J^T r (B, F) over the free parameters, J = df/dtheta."""
     bias, gate, expert = _split(spec, k, theta)
-    nb = k - 1 if spec.gate == "softmax" else k
+    nb = k - 1 if spec.gate_name == "softmax" else k
     B, F = theta.shape[0], nb * (1 + spec.q) + k * spec.p
     rss = theta.new_zeros(B)
     JtJ = theta.new_zeros(B, F, F)
@@ -212,7 +212,7 @@ def _lse(spec, batch, k, theta, rep, lim, tol, xtol, max_iter):
     act, dact = activation(spec)
     B, P = theta.shape
     free = torch.arange(P, device=theta.device)
-    if spec.gate == "softmax":  # the last atom's (bias, gate) is held: the softmax translation (_jacobian)
+    if spec.gate_name == "softmax":  # the last atom's (bias, gate) is held: the softmax translation (_jacobian)
         pinned = [k - 1] + [k + (k - 1) * spec.q + j for j in range(spec.q)]
         free = free[~torch.isin(free, torch.tensor(pinned, device=theta.device))]
     lower = upper = None
