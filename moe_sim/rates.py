@@ -8,7 +8,7 @@ the slope over the upper half of the n grid, the slope of 10%-trimmed means with
 
 Rows are keyed by the size of the Voronoi cell each replicate's atom actually has (the sweep's `cell_size`),
 so a series whose atom is over-specified in half of the replicates gives two rows, each compared with the
-prediction for its cell size. Per-parameter quantities come as the cell's worst atom (param:<block>:max) and
+prediction for its cell size, and a pooled row over all its replicates (cell_size -1, no prediction). Per-parameter quantities come as the cell's worst atom (param:<block>:max) and
 its weight-averaged error (param:<block>:mean), each a row of its own.
 
 A verdict is a test that can fail: "consistent" only when the whole bootstrap interval of the slope lies
@@ -77,9 +77,17 @@ def _interval(boot: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _with_cell_size(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows of results written before per-atom cell sizes were recorded get cell_size -1 (unknown)."""
-    return rows if "cell_size" in rows else rows.assign(cell_size=-1)
+def _keyed_groups(rows: pd.DataFrame):
+    """(key, rows) per KEYS: per (series, quantity, true atom) and cell size, the pooled rows first (cell size
+    -1) where the replicates have more than one. Results written before cell sizes were recorded are pooled."""
+    if "cell_size" not in rows:
+        rows = rows.assign(cell_size=-1)
+    for key, sub in rows.groupby(KEYS[:-1], sort=True):
+        sizes = sorted(sub.cell_size.unique())
+        if len(sizes) > 1:
+            yield (*key, -1), sub
+        for size in sizes:
+            yield (*key, size), sub[sub.cell_size == size]
 
 
 def _groups(sub: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -93,7 +101,7 @@ def summarize(rows: pd.DataFrame, stat: str = "median", n_boot: int = 1000, rng=
     _check_stat(stat)
     rng = np.random.default_rng(rng)
     out = []
-    for key, sub in _with_cell_size(rows).groupby(KEYS, sort=True):
+    for key, sub in _keyed_groups(rows):
         grid, groups = _groups(sub)
         if not groups:
             continue
@@ -166,7 +174,8 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
 
     slope: d log(stat) / d log n (negative when the error decays); slope_lognn: the same against
     log(n / log n); slope_upper: over the upper half of the n grid; trimmed_slope: of 10%-trimmed means.
-    cell_size: the size of the true atom's Voronoi cell in the replicates of the row (-1: not per atom);
+    cell_size: the size of the true atom's Voronoi cell in the replicates of the row (-1: not per atom, or
+    pooled over replicates with different sizes);
     replicates and cell_share: how many replicates have it, and their share of the (series, quantity, true
     atom); certified_share: the share whose fit is certified (NaN when the rows do not say). With `exp` (the
     experiment that produced the rows) each row is compared with the theory's predicted exponent for its cell
@@ -180,12 +189,11 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
         margin = (exp.raw.get("analysis", {}) if exp is not None else {}).get("margin", DEFAULT_MARGIN)
     margin = check_margin(margin)
     rng = np.random.default_rng(rng)
-    rows = _with_cell_size(rows)
     rows = rows[rows.quantity.isin(list(quantities)) if quantities is not None else ~rows.quantity.isin(SIGNED)]
     per_atom = rows.groupby(KEYS[:-1], sort=False).size()
     tables = {}
     out = []
-    for key, sub in rows.groupby(KEYS, sort=True):
+    for key, sub in _keyed_groups(rows):
         record = dict(zip(KEYS, key))
         grid, groups = _groups(sub)
         if len(grid) < 2:

@@ -107,10 +107,10 @@ def test_rows_are_keyed_by_each_replicates_cell_size():
     rows = pd.concat([over, exact], ignore_index=True).assign(k=3, true_atom=1)
     rows["certified"] = rows.replicate % 4 != 0
     table = rate_table(rows, _experiment()).set_index("cell_size")
-    assert list(table.index) == [1, 2]
-    np.testing.assert_array_equal(table.predicted, [0.5, 0.25])
-    assert (table.verdict == "consistent").all()
-    np.testing.assert_allclose(table.cell_share, 0.5)
+    assert list(table.index) == [-1, 1, 2]  # the pooled row first, without a prediction
+    np.testing.assert_array_equal(table.predicted, [np.nan, 0.5, 0.25])
+    assert list(table.verdict) == ["", "consistent", "consistent"]
+    np.testing.assert_allclose(table.cell_share, [1.0, 0.5, 0.5])
     np.testing.assert_allclose(table.certified_share, 0.75)
     assert np.isnan(rate_table(rows.drop(columns="certified")).certified_share).all()
 
