@@ -128,7 +128,8 @@ def _prediction(table: pd.DataFrame, quantity: str, cell_size: int) -> dict:
     block = quantity.split(":")[1]
     cell = table[(table.cell == ("exact" if cell_size == 1 else "over")) & (table.cell_size == cell_size)]
     found = cell[cell.block == block]
-    if found.empty and cell_size == 1 and block in ("expert_intercept", "expert_slope", "expert_mean"):
+    if found.empty and (block in ("expert_scale", "expert_inner")
+                        or cell_size == 1 and block in ("expert_intercept", "expert_slope", "expert_mean")):
         found = cell[cell.block == "expert"]
     if found.empty and block == "expert":
         found = cell[cell.block.isin(["expert_intercept", "expert_slope"])].sort_values("exponent")

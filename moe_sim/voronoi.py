@@ -86,10 +86,12 @@ class _Pairs:
             self.var = np.abs(G.var[:, None] - G_true.var[None])
         else:
             self.var = np.zeros_like(self.expert)
-        if spec.expert_family.affine:
-            self.intercept, self.slope = np.abs(dexp[..., 0]), np.linalg.norm(dexp[..., 1:], axis=2)
+        # the first expert parameter apart from the others: intercept b and slope a of affine experts, outer
+        # scale eta_2 and inner weights eta_1 of scaled ones
+        if spec.expert_family.affine or spec.expert_family.scaled:
+            self.first, self.rest = np.abs(dexp[..., 0]), np.linalg.norm(dexp[..., 1:], axis=2)
         else:
-            self.intercept = self.slope = np.full_like(self.expert, np.nan)
+            self.first = self.rest = np.full_like(self.expert, np.nan)
         self.w_true = spec.weights(G_true.bias)
         self.top = float(G.bias.max())
         self.scaled_weights = np.exp(G.bias - self.top)  # softmax weights at t0 = -top
@@ -117,7 +119,7 @@ class _Pairs:
         if kind == "D2":
             for m in np.unique(size[size > 1]):
                 rr, sel = cell_exponent(int(m), r), size == m
-                out[sel] = (e_gate[sel] ** rr + self.intercept[at][sel] ** rr + self.slope[at][sel] ** (rr / 2)
+                out[sel] = (e_gate[sel] ** rr + self.first[at][sel] ** rr + self.rest[at][sel] ** (rr / 2)
                             + e_var[sel] ** (rr / 2))
         return out
 
@@ -277,8 +279,10 @@ def parameter_errors(spec: MoESpec, G: MixingMeasure, G_true: MixingMeasure, kin
     """Tidy per-cell, per-block errors: the cell maximum and the weight-averaged error.
 
     One row per (true atom, block), blocks: weight (|sum of cell weights - true weight|), gate, expert,
-    expert_intercept and expert_slope (affine experts), var (Gaussian MoE), and expert_mean (the error of the
-    cell's weight-averaged expert, the only identified quantity for linear experts under least squares).
+    expert_intercept and expert_slope (affine experts), expert_scale and expert_inner (eta_2 and eta_1 of
+    scaled experts, whose cells are flat along eta_2: `moe_sim.fit.profile`), var (Gaussian MoE), and
+    expert_mean (the error of the cell's weight-averaged expert, the only identified quantity for linear
+    experts under least squares).
     Softmax errors are read in the coordinates of the loss-minimising translation. `n_fitted` is the cell's
     size and `pattern` the sizes of all cells, e.g. "2-1".
     """
@@ -295,7 +299,9 @@ def parameter_errors(spec: MoESpec, G: MixingMeasure, G_true: MixingMeasure, kin
         rows.append({**base, "block": "weight", "max_error": weight_err, "mean_error": weight_err})
         blocks = {"gate": gate[cell, j], "expert": pairs.expert[cell, j]}
         if spec.expert_family.affine:
-            blocks.update(expert_intercept=pairs.intercept[cell, j], expert_slope=pairs.slope[cell, j])
+            blocks.update(expert_intercept=pairs.first[cell, j], expert_slope=pairs.rest[cell, j])
+        if spec.expert_family.scaled:
+            blocks.update(expert_scale=pairs.first[cell, j], expert_inner=pairs.rest[cell, j])
         if G.var is not None:
             blocks["var"] = pairs.var[cell, j]
         share = spec.weight_shares(G.bias[cell])

@@ -78,8 +78,9 @@ def _experiment(**analysis):
     })
 
 
-def test_prediction_from_the_experiment():
-    rows = synthetic_rows(0.25, quantity="param:expert:max", series=("default/k=3",))
+@pytest.mark.parametrize("quantity", ["param:expert:max", "param:expert_scale:mean"])
+def test_prediction_from_the_experiment(quantity):
+    rows = synthetic_rows(0.25, quantity=quantity, series=("default/k=3",))
     rows["k"], rows["true_atom"], rows["cell_size"] = 3, 1, 2
     row = rate_table(rows, _experiment()).iloc[0]
     assert row.cell_size == 2 and row.predicted == 0.25 and row.predicted_rate == "n^-1/4"

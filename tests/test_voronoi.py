@@ -311,3 +311,14 @@ def test_translation_band_excludes_vanishing_weights():
     total = spec.weights(G_true.bias).sum()
     np.testing.assert_allclose(spec.weights(moved.bias).sum(), total / WEIGHT_FACTOR, rtol=1e-12)
     assert loss > 0.9 * total
+
+
+def test_scaled_experts_split_their_errors_into_scale_and_inner_weights():
+    """eta_2 act(eta_1 x): expert_scale = |d eta_2| and expert_inner = ||d eta_1||, beside the whole expert."""
+    spec = ms.MoESpec(gate="sigmoid", expert="scaled_tanh", d=2)
+    G_true = ms.MixingMeasure([0.0, 0.0], [[1.0, 0.0], [0.0, 0.0]], [[1.0, 1.0, 0.0], [-1.0, 0.0, 2.0]])
+    G = ms.MixingMeasure([0.0, 0.0], [[1.0, 0.0], [0.0, 0.0]], [[1.3, 1.0, 0.4], [-1.0, 0.0, 2.0]])
+    errors = ms.parameter_errors(spec, G, G_true, kind="D1").set_index(["true_atom", "block"]).max_error
+    np.testing.assert_allclose([errors[0, "expert_scale"], errors[0, "expert_inner"], errors[0, "expert"]],
+                               [0.3, 0.4, 0.5], rtol=1e-12)
+    assert "expert_intercept" not in errors.index.get_level_values("block")
