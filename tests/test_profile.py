@@ -51,6 +51,12 @@ def test_scaled_cell_is_flat_along_the_outer_scale_and_quartic_otherwise(expert)
     and half the weight each reproduce f* exactly, so the free profile is flat (not identified). Held at one
     eta_2, the split of the gate and eta_1 is quartic, like act(a x + b)."""
     spec = ms.MoESpec(gate="softmax", expert=expert)
+    split = ms.MixingMeasure(bias=[0.0, np.log(0.5), np.log(0.5)], gate=[[4.0], [0.0], [0.0]],
+                             expert=[G.expert[0], G.expert[1] + [0.3, 0.0], G.expert[1] - [0.3, 0.0]])
+    X = np.linspace(-1.0, 1.0, 101)
+    # the same function to rounding: (g / 2) (eta_2 + 0.3) a + (g / 2) (eta_2 - 0.3) a = g eta_2 a
+    np.testing.assert_allclose(ms.regression_function(spec, split, X), ms.regression_function(spec, G, X),
+                               rtol=0, atol=1e-15)
     free = profile(spec, G, n=200, deltas=DELTAS)
     assert free.summary.status.str.startswith("not identified").all()
     held = profile(spec, G, n=200, deltas=DELTAS, split_scale=False)
