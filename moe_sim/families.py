@@ -14,7 +14,9 @@ Two kinds of FFN expert: "tanh", "gelu", "sigmoid", "relu" are act(a^T x + b), w
 (parameters [b, a]); "scaled_tanh", "scaled_gelu", "scaled_sigmoid", "scaled_relu" are eta_2 act(eta_1^T x),
 an outer scale and no inner bias (parameters [eta_2, eta_1]): the strongly identifiable FFN expert of
 THEORY.md s1, the one whose rates the theory predicts. act(a^T x + b) under a gate with a slope is outside
-that class (dh/da = x dh/db), and eta_2 relu(eta_1^T x) trades scale between eta_2 and eta_1.
+that class (dh/da = x dh/db), and eta_2 relu(eta_1^T x) trades scale between eta_2 and eta_1. Being linear in
+eta_2 (d^2 h / d eta_2^2 = 0), the scaled experts' over-specified cells are flat along eta_2, as the profile
+pre-flight measures (`moe_sim.fit.profile`): their `identifiable` is the theory's label, not a measurement.
 """
 
 from __future__ import annotations

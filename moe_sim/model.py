@@ -3,11 +3,13 @@
 Hot arrays are atoms-major (k x n): the gates g, expert pre-activations u and expert values h. `Features`
 holds the data-only feature maps, computed once per data set, and their stacked basis: the distinct rows of
 [1; phi; psi]. The k gate logits and k expert pre-activations are then one (2k, m) @ (m, n) product with the
-stacked parameters W = `Features.stack(G)`, and a gradient is m matrix-vector products. A scaled expert family
-(eta_2 act(eta_1 . psi)) keeps eta_2 in its expert row's column of the ones row, which its pre-activation
-leaves out. Evaluations run over
+stacked parameters W = `Features.stack(G)`, and a gradient is m matrix-vector products. Evaluations run over
 column chunks of CHUNK samples, whose arrays stay in cache (unchunked, one evaluation at n = 1e6 is twice as
 slow), and the least-squares loop runs in `Scratch` arrays, allocating nothing (benchmarks/README.md).
+
+A scaled expert family, eta_2 act(eta_1 . psi), keeps eta_2 in its expert row's column of the ones row: the
+pre-activation leaves that column out and h = eta_2 act(u), so `Features.stack`, `stack_index` and `unstack`
+(and the least-squares objective built on them) serve it unchanged.
 """
 
 from __future__ import annotations

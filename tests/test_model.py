@@ -247,6 +247,12 @@ def test_custom_expert_family_runs_through_the_model():
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
 
 
+def test_scaled_family_must_not_claim_an_intercept():
+    with pytest.raises(ValueError, match="scaled=True .* got affine=True"):
+        ms.ExpertFamily("bad", np.tanh, lambda u, h: 1 - h * h, lambda X, degree: X.T, lambda d, degree: d + 1,
+                        scaled=True)
+
+
 def test_fast_sigmoid_matches_expit():
     from scipy.special import expit
 
