@@ -34,7 +34,7 @@ _POLISHED_SEEDS = 3  # Nelder-Mead runs from this many of the best distinct seed
 
 
 def cell_exponent(m: int, r=None) -> float:
-    """r(m) for an over-specified cell of m atoms: 4 for m = 2, 6 for m = 3, the caller's r beyond.
+    """r(m) for an over-specified D2 cell of m atoms: 4 for m = 2, 6 for m = 3, the caller's r beyond.
 
     `r` may be a number (used for every m) or a mapping m -> r(m).
     """

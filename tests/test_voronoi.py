@@ -172,6 +172,9 @@ def test_d1_sigmoid_by_hand(sigmoid_truth, worked_fit):
     np.testing.assert_allclose(ms.voronoi_loss(spec, G, G_true, kind="D1"), s - 0.5 + 0.1 * s + 0.015, rtol=1e-12)
     errors = ms.parameter_errors(spec, G, G_true, kind="D1_sigmoid").set_index(["true_atom", "block"])
     np.testing.assert_allclose(errors.loc[(1, "gate"), ["max_error", "mean_error"]], [0.2, 0.15], rtol=1e-12)
+    # an empty cell keeps its weight term: both atoms in cell 1 leave |0 - 1/2| for cell 0
+    both = ms.MixingMeasure(bias=[c, c], gate=[[-0.2], [0.1]], expert=[[0.0, -1.0], [0.1, -1.0]])
+    np.testing.assert_allclose(ms.voronoi_loss(spec, both, G_true, kind="D1_sigmoid"), 0.5 + 0.06, rtol=1e-12)
     with pytest.raises(ValueError, match="kind='D1_sigmoid' is D1's sigmoid regime-1 variant"):
         ms.voronoi_loss(spec, G, ms.MixingMeasure([0.0, 0.0], [[1.0], [-1.0]], G_true.expert), kind="D1_sigmoid")
     with pytest.raises(ValueError, match="gate='softmax'"):
@@ -285,6 +288,8 @@ def test_softmax_loss_never_exceeds_an_independent_continuous_infimum(case, pape
     """Where the reference atom's cell holds two atoms (the finite translation set overstated D1 / D2 there,
     THEORY.md s7), the loss is no larger than 30 joint Nelder-Mead runs over (t0, t) find. Ours stops at
     1e-12 of the loss: the margin allows 1e-9."""
+    from moe_sim.voronoi import _loss_fixed, align
+
     rng = np.random.default_rng(100 + case)
     if case % 2:
         spec, G_true = paper_a
@@ -294,7 +299,9 @@ def test_softmax_loss_never_exceeds_an_independent_continuous_infimum(case, pape
         G_true = ms.MixingMeasure([0.3, 0.0], [[2.0], [0.0]], [[0.5, 1.0], [-0.5, 2.0]])
         kind = "D1"
     G = _two_in_the_reference_cell(spec, G_true, rng)
-    ours = ms.voronoi_loss(spec, G, G_true, kind=kind)
+    moved, ours, _ = align(spec, G, G_true, kind)
+    # the loss is the fixed-translation loss at the translation it reports
+    np.testing.assert_allclose(_loss_fixed(spec, moved, G_true, kind, None), ours, rtol=1e-12)
     reference = _reference_infimum(spec, G, G_true, kind, 30, rng)
     assert ours <= reference * (1 + 1e-9)
 
