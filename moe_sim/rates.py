@@ -14,7 +14,9 @@ its weight-averaged error (param:<block>:mean), each a row of its own.
 A verdict is a test that can fail: "consistent" only when the whole bootstrap interval of the slope lies
 within `margin` (default 0.1) of the predicted slope, "faster" / "slower" when it excludes the prediction by
 more than the margin, "inconclusive" otherwise; "not identified" where the theory says the parameter is not
-identified; no verdict for a NaN slope or where nothing is predicted.
+identified; no verdict for a NaN slope or where nothing is predicted. Fewer than MIN_REPLICATES replicates at
+some n (common once rows are split by cell size) make a verdict "inconclusive": the bootstrap median of a
+handful of values takes a handful of values, and its interval understates the spread (one replicate: width 0).
 
 Failed fits (status "failed") carry no value and are left out; their share is reported. Where rows carry the
 estimator's `certified` flag (its optimality criterion held and its global search met its stopping rule),
@@ -34,6 +36,7 @@ KEYS = ["series_index", "series", "label", "k", "quantity", "true_atom", "cell_s
 SLOW = ("slow", "1/log^lambda(n)")
 NOT_IDENTIFIED = "not identified"
 DEFAULT_MARGIN = 0.1
+MIN_REPLICATES = 5
 RUNAWAY_FACTOR = 10.0
 TRIM = 0.1
 STATS = ("median", "mean")
@@ -149,16 +152,18 @@ def check_margin(margin) -> float:
 
 
 def verdict(predicted: float, rate_label: str, slope: float, ci: tuple[float, float],
-            margin: float = DEFAULT_MARGIN) -> str:
+            margin: float = DEFAULT_MARGIN, min_replicates: int = MIN_REPLICATES) -> str:
     """The measured slope's bootstrap interval ci against the predicted slope -predicted (module docstring):
     consistent, faster, slower, inconclusive, not identified, "slow: no polynomial rate", or "" (no verdict:
-    NaN slope or interval, or no polynomial prediction)."""
+    NaN slope or interval, or no polynomial prediction). min_replicates: the fewest replicates at any n."""
     if rate_label == NOT_IDENTIFIED:
         return NOT_IDENTIFIED
     if rate_label in SLOW:
         return "slow: no polynomial rate"
     if not (np.isfinite(predicted) and np.isfinite(slope) and np.all(np.isfinite(ci))):
         return ""
+    if min_replicates < MIN_REPLICATES:
+        return "inconclusive"
     target, (low, high) = -predicted, ci
     if target - margin <= low and high <= target + margin:
         return "consistent"
@@ -178,7 +183,7 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
     cell_size: the size of the true atom's Voronoi cell in the replicates of the row (-1: not per atom, or
     pooled over replicates with different sizes);
     replicates and cell_share: how many replicates have it, and their share of the (series, quantity, true
-    atom); certified_share: the share whose fit is certified (NaN when the rows do not say). With `exp` (the
+    atom); min_replicates: the fewest at any n (below MIN_REPLICATES the verdicts are inconclusive); certified_share: the share whose fit is certified (NaN when the rows do not say). With `exp` (the
     experiment that produced the rows) each row is compared with the theory's predicted exponent for its cell
     size, over the whole grid (verdict; against log(n / log n) for the regression function) and over its
     upper half (verdict_upper: the asymptotic regime, where the pre-asymptotic start of a grid is left out),
@@ -212,8 +217,10 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
         ci = _interval(slope[1:])
         ci_nn = _interval(slope_nn[1:])
         certified = float(sub.certified.eq(True).mean()) if "certified" in sub else np.nan
+        fewest = min(map(len, groups))
         record.update({
-            "cell_size": cell_size, "replicates": len(sub), "cell_share": len(sub) / per_atom[key[:-1]],
+            "cell_size": cell_size, "replicates": len(sub), "min_replicates": fewest,
+            "cell_share": len(sub) / per_atom[key[:-1]],
             "certified_share": certified, "stat": stat, "n_min": int(grid[0]), "n_max": int(grid[-1]),
             "n_values": len(grid), "slope": slope[0], "ci_low": ci[0], "ci_high": ci[1],
             "slope_lognn": slope_nn[0], "ci_low_lognn": ci_nn[0], "ci_high_lognn": ci_nn[1],
@@ -230,9 +237,10 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
             pred = _prediction(tables[series.name], record["quantity"], cell_size)
             use_nn = record["quantity"] == "regression_l2"
             pred["verdict"] = verdict(pred["predicted"], pred["predicted_rate"],
-                                      slope_nn[0] if use_nn else slope[0], ci_nn if use_nn else ci, margin)
+                                      slope_nn[0] if use_nn else slope[0], ci_nn if use_nn else ci, margin, fewest)
             pred["verdict_upper"] = verdict(pred["predicted"], pred["predicted_rate"], slope_up[0],
-                                            (record["slope_upper_ci_low"], record["slope_upper_ci_high"]), margin)
+                                            (record["slope_upper_ci_low"], record["slope_upper_ci_high"]), margin,
+                                            min(map(len, groups[upper])))
             record.update(pred, margin=margin)
         out.append(record)
     return pd.DataFrame(out)

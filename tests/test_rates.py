@@ -89,13 +89,24 @@ def test_prediction_from_the_experiment(quantity):
 
 
 def test_flat_series_with_a_wide_interval_is_inconclusive():
-    """No decay, 4 replicates at log-sd 2: the median's log-sd is about 1.25 * 2 / sqrt(4) = 1.25, the slope's
-    1.25 / 4.8 = 0.26 over this grid, so the interval (about +-0.5) holds both 0 and the prediction -0.25."""
-    rows = synthetic_rows(0.0, reps=4, sd=2.0, quantity="param:expert:max", series=("default/k=3",))
+    """No decay, 5 replicates at log-sd 2.5: the median's log-sd is about 1.25 * 2.5 / sqrt(5) = 1.4, the
+    slope's 1.4 / 4.8 = 0.29 over this grid, so the interval (about +-0.57) holds 0 and the prediction -0.25."""
+    rows = synthetic_rows(0.0, reps=5, sd=2.5, quantity="param:expert:max", series=("default/k=3",))
     rows["k"], rows["true_atom"], rows["cell_size"] = 3, 1, 2
     row = rate_table(rows, _experiment()).iloc[0]
     assert row.ci_low < -0.25 < row.ci_high and row.ci_low < 0 < row.ci_high
+    assert row.min_replicates == 5 and row.verdict == "inconclusive"
+
+
+def test_too_few_replicates_give_no_conclusive_verdict():
+    """One replicate per n: every bootstrap resample is the data, the interval has width 0."""
+    rows = synthetic_rows(0.25, reps=1, sd=0.0, quantity="param:expert:max", series=("default/k=3",))
+    rows["k"], rows["true_atom"], rows["cell_size"] = 3, 1, 2
+    row = rate_table(rows, _experiment()).iloc[0]
+    assert row.ci_low == row.ci_high and row.min_replicates == 1
     assert row.verdict == "inconclusive"
+    assert verdict(0.25, "n^-1/4", -0.25, (-0.26, -0.24), min_replicates=4) == "inconclusive"
+    assert verdict(0.25, "n^-1/4", -0.25, (-0.26, -0.24), min_replicates=5) == "consistent"
 
 
 def test_rows_are_keyed_by_each_replicates_cell_size():
