@@ -153,3 +153,24 @@ def test_merge_starts_keep_k_and_merge_the_closest_pair():
     np.testing.assert_allclose(start.bias[0], np.logaddexp(0.0, 0.1))
     np.testing.assert_allclose(start.bias[1:], 500.0 - np.log(2.0))
     assert merge_starts(spec, close.subset([0, 1]), rng=1, count=5) == []
+
+
+@pytest.mark.parametrize("expert,eta", [("scaled_tanh", [2.0, 1.5]), ("scaled_gelu", [-1.0, 3.0]),
+                                        ("scaled_sigmoid", [1.5, -2.5]), ("scaled_relu", [1.5, -2.0])])
+def test_scaled_expert_start_finds_sign_and_scale(expert, eta):
+    """eta_2 act(eta_1 x) from noise-free values of one expert: the lengths searched are a factor 2 apart,
+    so the chosen eta_1 lies within a factor 2 of the truth's, with its sign, and so does the product eta_2
+    eta_1 (the slope at 0, up to the activation's own slope there). relu only identifies the sign of eta_1
+    and the product (eta_2 relu(eta_1 x) = eta_2 s relu(eta_1 x / s))."""
+    from moe_sim.fit.init import _expert_fit
+
+    spec = ms.MoESpec(gate="softmax", expert=expert)
+    X = np.linspace(-1.0, 1.0, 201)[:, None]
+    y = ms.regression_function(spec, ms.MixingMeasure([0.0], [[0.0]], [eta]), X)
+    start = _expert_fit(spec, X.T, y)
+    assert start.shape == (2,)
+    if expert == "scaled_relu":
+        assert np.sign(start[1]) == np.sign(eta[1])
+    else:
+        assert 0.5 < start[1] / eta[1] < 2.0
+    assert 0.5 < start[0] * start[1] / (eta[0] * eta[1]) < 2.0

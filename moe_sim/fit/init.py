@@ -64,9 +64,37 @@ def _expert_fit(spec: MoESpec, psi: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Expert parameters whose (linearised) expert fits y: psi (p, m), y (m,)."""
     if spec.expert_family.linear_in_params:
         return _solve(psi.T, y)
+    if spec.expert_family.scaled:
+        return np.clip(_scaled_expert_fit(spec, psi, y), -10.0, 10.0)
     u0, a0, s0 = _linearisation_point(spec)
     eta = _solve(psi.T, u0 + (y - a0) / s0)
     return np.clip(eta, -10.0, 10.0)
+
+
+_SCALED_SPREADS = (0.5, 1.0, 2.0, 4.0)  # candidate sd of eta_1 . x: near-linear to saturated activations
+
+
+def _scaled_expert_fit(spec: MoESpec, psi: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """[eta_2, eta_1] of eta_2 act(eta_1 . x) fitting y: eta_1 along the slope of an affine least-squares fit
+    of y on x, at the sign and length (a few spreads of eta_1 . x) whose best scale eta_2 (a 1-d least
+    squares, in closed form) leaves the smallest residual. A pre-activation without an inner bias cannot be
+    shifted to the activation's steepest point, so the length is searched instead of linearised; both signs
+    are tried because relu(eta_1 . x) is zero on one side."""
+    slope = _solve(np.vstack([np.ones(psi.shape[1]), psi]).T, y)[1:]
+    norm = np.linalg.norm(slope)
+    direction = slope / norm if norm > 0 else np.eye(len(slope))[0]
+    t = direction @ psi
+    spread = max(float(np.std(t)), float(np.max(np.abs(t))) / 2, 1e-12)
+    best = None
+    for length in _SCALED_SPREADS:
+        for sign in (1.0, -1.0):
+            eta_1 = sign * length / spread * direction
+            a = spec.expert_family.activation(eta_1 @ psi)
+            eta_2 = float(a @ y) / (float(a @ a) + _RIDGE)
+            rss = float(np.sum((y - eta_2 * a) ** 2))
+            if best is None or rss < best[0]:
+                best = (rss, np.concatenate([[eta_2], eta_1]))
+    return best[1]
 
 
 def _subsample(X: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
