@@ -1,6 +1,6 @@
 """Time `moe_sim.fit` against a machine-independent floor, and count fits that reach the truth's objective.
 
-    .venv/bin/python benchmarks/bench_fit.py [--reps 5] [--seeds 50] [--em-seeds 20] [--tolerances] [--starts]
+    .venv/bin/python benchmarks/bench_fit.py [--reps 5] [--seeds 50] [--em-seeds 20] [--starts]
         [--sizes 1000 10000 100000] [--quality-n 10000] [--skip-timing]
 
 Floor: one np.exp over a k x n array, timed in the same run (interleaved with the objective evaluations), so
@@ -13,8 +13,7 @@ BLAS is limited to one thread, as in a sweep task.
 Quality: over `--seeds` samples, the share of fits whose residual sum of squares is no larger than the
 truth's on the same sample (a smaller share means local optima); over `--em-seeds` samples of paper a at
 n = 1e5, how often EM from truth-free starts ends with a Voronoi loss below 0.05; with --tolerances, the
-effect of ftol_n on local optima and iterations; with --starts, random against k-means starts on four more
-models.
+with --starts, random against k-means starts on four more models.
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ from threadpoolctl import threadpool_limits
 
 import moe_sim as ms
 from moe_sim.fit.init import initial_measures
-from moe_sim.fit.lse import RSSObjective, lse_fit
+from moe_sim.fit import LeastSquares
+from moe_sim.fit.lse import RSSObjective
 
 TANH = ms.MoESpec(gate="sigmoid", score="linear", expert="tanh")
 G_TANH = ms.MixingMeasure(bias=[1.0, -0.5], gate=[[-1.2], [-1.5]], expert=[[1.0, -1.3], [-1.7, -0.4]])
@@ -61,7 +61,8 @@ def lse_rows(sizes, reps: int, k: int) -> list[dict]:
         for seed in range(reps):
             X, y = ms.sample(TANH, G_TANH, n, rng=seed, noise_sd=TANH_SIGMA, bounds=TANH_BOX)
             fits.append(ms.fit(TANH, X, y, k, rng=seed, G_true=G_TANH).runtime_s)
-            one = lse_fit(TANH, X, y, k, initial_measures(TANH, X, y, k, "near_truth", 1, seed, G_TANH), screen=None)
+            start = initial_measures(TANH, X, y, k, "near_truth", 1, seed, G_TANH)
+            one = LeastSquares().fit_starts(TANH, X, y, k, start)
             per_iter.append(one.runtime_s / max(one.n_iter, 1))
             obj = RSSObjective(TANH, X, y, k)
             theta = one.measure.to_vector()
@@ -150,24 +151,6 @@ def start_rows(n: int = 10_000, samples: int = 20) -> list[dict]:
     return rows
 
 
-def tolerance_rows(n: int = 10_000, samples: int = 12) -> list[dict]:
-    """k = 3, three near-truth starts in full (no screening), per ftol_n: fits worse than the truth, median
-    total iterations and seconds over `samples` samples (seeds 1000..)."""
-    rows = []
-    for ftol_n in (1e-3, 1e-6, 1e-9):
-        worse, iters, times = 0, [], []
-        for seed in range(samples):
-            X, y = ms.sample(TANH, G_TANH, n, rng=1000 + seed, noise_sd=TANH_SIGMA, bounds=TANH_BOX)
-            res = ms.fit(TANH, X, y, 3, init="near_truth", n_starts=3, rng=seed, G_true=G_TANH, screen=None,
-                         ftol_n=ftol_n)
-            worse += res.worse_than_truth
-            iters.append(sum(s.n_iter for s in res.starts))
-            times.append(res.runtime_s)
-        rows.append({"ftol_n": f"{ftol_n:g}", "worse_than_truth": f"{worse}/{samples}",
-                     "median_total_iterations": float(np.median(iters)), "median_s": float(np.median(times))})
-    return rows
-
-
 def em_recovery_row(n: int, seeds: int) -> dict:
     """Paper a's Gaussian MoE, k = k* = 2, EM from truth-free starts (kmeans and random): how often the
     Voronoi loss is below 0.05 and the fit no worse than the truth, over `seeds` samples (seeds 0..)."""
@@ -198,7 +181,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=50, help="samples of the quality count (0: skip)")
     parser.add_argument("--quality-n", type=int, nargs="+", default=[10_000], help="sample sizes of the count")
     parser.add_argument("--em-seeds", type=int, default=20, help="samples of the EM recovery count (0: skip)")
-    parser.add_argument("--tolerances", action="store_true", help="also the ftol_n table (k = 3, n = 1e4)")
     parser.add_argument("--starts", action="store_true", help="also truth-free starts on four other models")
     parser.add_argument("--skip-timing", action="store_true", help="only the quality counts")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
@@ -218,9 +200,6 @@ def main() -> None:
         if args.starts:
             print()
             print(markdown(start_rows()))
-        if args.tolerances:
-            print()
-            print(markdown(tolerance_rows()))
         if args.em_seeds:
             print()
             print(markdown([em_recovery_row(100_000, args.em_seeds)]))

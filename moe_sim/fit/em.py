@@ -25,7 +25,6 @@ it is read off one (k x n) @ (n x r) product against data-only rows computed onc
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -34,7 +33,8 @@ from scipy.optimize import minimize
 
 from ..measure import MixingMeasure, MoESpec
 from ..model import Features, check_inputs, responsibilities
-from .result import FitResult, StartResult
+from .lse import single_threaded_blas
+from .result import StartResult
 
 Array = np.ndarray
 _RIDGE = 1e-9  # relative ridge on the (p x p) expert and the gate Newton systems
@@ -126,18 +126,19 @@ def _e_step(spec: MoESpec, G: MixingMeasure, design: _Design) -> tuple[float, Ar
 class _Gate:
     """Gate parameters theta = [bias, gate] (k, m) with sum_t logsumexp_i z_it and gate-weighted sums of the
     x_a x_b pairs: single (k, pairs) = sum_t g_i x_a x_b, cross (K (K + 1) / 2, pairs) = sum_t g_i g_j x_a x_b
-    for i <= j < K = k - 1 (the free atoms)."""
+    for i <= j < K = k - 1 (the free atoms). With newton=False (the gradient alone, as the polish needs),
+    single holds only the first m pairs, x itself, and cross is None."""
 
     theta: Array
     lse_sum: float
     single: Array
-    cross: Array
+    cross: Array | None
 
     @classmethod
-    def at(cls, theta: Array, design: _Design) -> "_Gate":
+    def at(cls, theta: Array, design: _Design, newton: bool = True) -> "_Gate":
         K = theta.shape[0] - 1
         ia, ib = _triu(K)
-        lse_sum, single, cross = 0.0, 0.0, 0.0
+        lse_sum, single, cross = 0.0, 0.0, 0.0 if newton else None
         for c in design.chunks:
             z = theta[:, 1:] @ c.feats.phi
             z += theta[:, :1]
@@ -147,8 +148,11 @@ class _Gate:
             total = z.sum(axis=0)
             z /= total
             lse_sum += zmax.sum() + np.log(total).sum()
-            single += z @ c.gate_pairs.T
-            cross += (z[ia] * z[ib]) @ c.gate_pairs.T
+            if newton:
+                single += z @ c.gate_pairs.T
+                cross += (z[ia] * z[ib]) @ c.gate_pairs.T
+            else:
+                single += z @ c.rows[: design.m].T
         return cls(theta, float(lse_sum), single, cross)
 
 
@@ -242,7 +246,7 @@ def _state(spec: MoESpec, design: _Design, gate_theta: Array, expert: Array, var
     """(log-likelihood, E-step statistics, gate sums, measure) at the given parameters."""
     G = MixingMeasure(gate_theta[:, 0], gate_theta[:, 1:], expert, var)
     ll, T = _e_step(spec, G, design)
-    return ll, T, _Gate.at(gate_theta, design), G
+    return ll, T, _Gate.at(gate_theta, design, newton=False), G
 
 
 def _sup(x: Array) -> float:
@@ -311,6 +315,14 @@ def _run(spec: MoESpec, design: _Design, G0: MixingMeasure, tol, max_iter, var_f
     return _polish(spec, design, G, ll, gate_theta, expert, var, np.asarray(trace), it, tol, max_iter, var_floor)
 
 
+def _guarded_run(spec, design, G0, tol, max_iter, var_floor, polish) -> _Path:
+    """`_run`, with a numerical failure recorded as a failed path instead of raised (a sweep never crashes)."""
+    try:
+        return _run(spec, design, G0, tol, max_iter, var_floor, polish)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        return _Path(G0, -np.inf, np.zeros(0), 0, 0, np.nan, False, "failed", f"{type(exc).__name__}: {exc}")
+
+
 def _polish(spec, design, G, ll, gate_theta, expert, var, trace, n_em, tol, max_iter, var_floor) -> _Path:
     """L-BFGS-B on -l / n from the EM end point until the gradient test holds (restarted at most 8 times)."""
     n, coords = design.n, _Coordinates(G.k, design.m, design.p)
@@ -320,6 +332,8 @@ def _polish(spec, design, G, ll, gate_theta, expert, var, trace, n_em, tol, max_
 
     def objective(x):
         gate_theta_, expert_, var_ = coords.unpack(x)
+        if not (np.all(np.isfinite(x)) and np.all(np.isfinite(var_))):
+            return np.inf, np.zeros_like(x)
         ll_, T, gate_, _ = _state(spec, design, gate_theta_, expert_, var_)
         if not np.isfinite(ll_):
             return np.inf, np.zeros_like(x)
@@ -366,14 +380,14 @@ def check_em_spec(spec: MoESpec) -> None:
         )
 
 
-def local_fits(spec: MoESpec, X, y, k: int, starts, *, tol: float, max_iter: int, var_floor: float,
-               polish: bool, trace: bool = False) -> list[StartResult]:
+def solve(spec: MoESpec, X, y, k: int, starts, *, tol: float, max_iter: int, var_floor: float,
+          polish: bool, trace: bool = False) -> list[StartResult]:
     """EM (then the polish) from each start, as `StartResult`s whose objective is the log-likelihood and
     measure the end point, its last atom's (bias, gate) pinned at zero. With trace=True each record carries
     `trace`, the per-iteration log-likelihoods of its EM phase (entry i after i iterations)."""
-    with np.errstate(all="ignore"):
+    with single_threaded_blas(), np.errstate(all="ignore"):
         design = _Design.of(spec, X, y)
-        paths = [_run(spec, design, G0, tol, max_iter, var_floor, polish) for _, G0 in starts]
+        paths = [_guarded_run(spec, design, G0, tol, max_iter, var_floor, polish) for _, G0 in starts]
     records = []
     for (name, _), p in zip(starts, paths):
         records.append(StartResult(name, p.loglik, p.n_iter, p.converged, p.reason, p.statistic,

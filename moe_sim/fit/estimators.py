@@ -31,6 +31,26 @@ from .init import FROM_FITS, check_starts, initial_measures, merge_starts, split
 from .result import FitResult, SearchReport, StartResult
 
 
+def screen_size(screen, n: int) -> int | None:
+    """The subsample size of start screening: "auto" is max(2000, n // 10), None disables screening."""
+    if not (screen is None or screen == "auto" or (isinstance(screen, (int, np.integer)) and screen > 0)):
+        raise ValueError(f"screen must be 'auto', None or a positive integer, got {screen!r}")
+    return max(2000, n // 10) if screen == "auto" else screen
+
+
+def distinct_best(values: list[float], keep: int) -> list[int]:
+    """Indices of the `keep` lowest finite values, preferring distinct optima (1e-7 relative apart)."""
+    order = [i for i in np.argsort(values, kind="stable") if np.isfinite(values[i])]
+    distinct = [i for j, i in enumerate(order)
+                if j == 0 or values[i] - values[order[j - 1]] > 1e-7 * abs(values[order[j - 1]])]
+    chosen = distinct[:keep]
+    chosen += [i for i in order if i not in chosen][: keep - len(chosen)]
+    return sorted(chosen)
+
+
+_SCREEN_TOL = 1e-5  # the stopping tolerance of fits on the screening subsample: they only rank the starts
+
+
 def _is_real(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
@@ -67,9 +87,17 @@ _CHAIN_PLAN = {"kmeans": 2, "random": 2, "split": 3}
 
 @dataclass(frozen=True)
 class Estimator:
-    """The global search shared by the estimators; subclasses supply their local solver and objective."""
+    """The global search and start screening shared by the estimators; subclasses supply their local solver
+    (`solve`) and objective.
+
+    screen: with n above it, every start is first fitted on a random subsample of that size ("auto":
+    max(2000, n // 10); None: never) at a loose tolerance, and only the `keep` best distinct optima and the
+    `Search.hits` best overall are fitted on the full sample.
+    """
 
     search: Search = field(default_factory=Search)
+    screen: int | str | None = "auto"
+    keep: int = 4
 
     method: ClassVar[str] = ""
     sense: ClassVar[float] = 1.0  # +1: the objective is minimised; -1: maximised
@@ -77,12 +105,38 @@ class Estimator:
     def __post_init__(self):
         if not isinstance(self.search, Search):
             raise ValueError(f"{type(self).__name__}.search = {self.search!r} is not allowed: expected a Search")
+        screen_size(self.screen, 1)
+        _check_int(type(self).__name__, "keep", self.keep, 1)
 
     def check_spec(self, spec: MoESpec) -> None:
         raise NotImplementedError
 
-    def local_fits(self, spec: MoESpec, X, y, k: int, starts, rng) -> list[StartResult]:
+    def solve(self, spec: MoESpec, X, y, k: int, starts, tol: float, **options) -> list[StartResult]:
+        """A local fit from each start, to the stopping tolerance tol."""
         raise NotImplementedError
+
+    def local_fits(self, spec: MoESpec, X, y, k: int, starts, rng, **options) -> list[StartResult]:
+        """A local fit from each start, after screening (class docstring); screened-out starts are recorded
+        with the full-sample objective of their subsample fit and no measure."""
+        screen = screen_size(self.screen, len(y))
+        if screen is None or len(y) <= screen or len(starts) <= self.keep:
+            return self.solve(spec, X, y, k, starts, self.tol, **options)
+        index = rng.choice(len(y), screen, replace=False)
+        pre = self.solve(spec, X[index], y[index], k, starts, _SCREEN_TOL)
+        values = [self.sense * r.objective if r.measure is not None else np.inf for r in pre]
+        best = [i for i in np.argsort(values, kind="stable") if np.isfinite(values[i])][: self.search.hits]
+        chosen = sorted(set(distinct_best(values, self.keep)) | set(best))
+        full = iter(self.solve(spec, X, y, k, [(starts[i][0], pre[i].measure) for i in chosen], self.tol, **options))
+        records = []
+        for i, (name, _) in enumerate(starts):
+            if i in chosen:
+                record = next(full)
+                record.n_iter += pre[i].n_iter
+            else:
+                value = np.nan if pre[i].measure is None else self.objective(spec, X, y, pre[i].measure)
+                record = StartResult(name, value, pre[i].n_iter, False, f"screened out on {screen} points")
+            records.append(record)
+        return records
 
     def objective(self, spec: MoESpec, X, y, G: MixingMeasure) -> float:
         """The objective of G on the sample (to compare the fit with the truth)."""
@@ -192,18 +246,16 @@ def _with_variance(spec: MoESpec, G: MixingMeasure, X, y) -> MixingMeasure:
 
 @dataclass(frozen=True)
 class LeastSquares(Estimator):
-    """Least squares for the regression MoE (`moe_sim.fit.lse`): L-BFGS-B until ||P grad F||_inf / F <= tol.
+    """Least squares for the regression MoE (`moe_sim.fit.lse`): L-BFGS-B until ||P grad F||_inf / F <= tol
+    (or the Gauss-Newton decrement is below 1e-3 sigma^2).
 
-    bounds: None, a positive number, a table of blocks or a (lower, upper) pair (`lse.box`); screen: the
-    subsample size of start screening ("auto", None or a positive integer); keep: distinct screened optima
-    fitted in full; max_iter: L-BFGS-B iterations per local fit; maxcor: its memory.
+    bounds: None, a positive number, a table of blocks or a (lower, upper) pair (`lse.box`); max_iter:
+    L-BFGS-B iterations per local fit; maxcor: its memory.
     """
 
     tol: float = 1e-7
     max_iter: int = 5000
     bounds: object = None
-    screen: int | str | None = "auto"
-    keep: int = 4
     maxcor: int = 20
 
     method: ClassVar[str] = "lse"
@@ -213,19 +265,16 @@ class LeastSquares(Estimator):
         super().__post_init__()
         _check_positive("LeastSquares", "tol", self.tol)
         _check_int("LeastSquares", "max_iter", self.max_iter, 1)
-        _check_int("LeastSquares", "keep", self.keep, 1)
         _check_int("LeastSquares", "maxcor", self.maxcor, 1)
         lse.check_bounds(self.bounds)
-        lse.screen_size(self.screen, 1)
 
     def check_spec(self, spec):
         if spec.likelihood != "regression":
             raise ValueError(f"least squares needs likelihood='regression', got {spec.likelihood!r}")
 
-    def local_fits(self, spec, X, y, k, starts, rng):
-        return lse.local_fits(spec, X, y, k, starts, bounds=self.bounds, tol=self.tol, max_iter=self.max_iter,
-                              maxcor=self.maxcor, screen=self.screen, keep=self.keep, hits=self.search.hits,
-                              rng=rng)
+    def solve(self, spec, X, y, k, starts, tol):
+        return lse.solve(spec, X, y, k, starts, bounds=self.bounds, tol=tol, max_iter=self.max_iter,
+                         maxcor=self.maxcor)
 
     def objective(self, spec, X, y, G):
         return lse.RSSObjective(spec, X, y, G.k).rss(G)
@@ -259,9 +308,9 @@ class EM(Estimator):
     def check_spec(self, spec):
         em.check_em_spec(spec)
 
-    def local_fits(self, spec, X, y, k, starts, rng, trace: bool = False):
-        return em.local_fits(spec, X, y, k, starts, tol=self.tol, max_iter=self.max_iter, var_floor=self.var_floor,
-                             polish=self.polish, trace=trace)
+    def solve(self, spec, X, y, k, starts, tol, trace: bool = False):
+        return em.solve(spec, X, y, k, starts, tol=tol, max_iter=self.max_iter, var_floor=self.var_floor,
+                        polish=self.polish, trace=trace)
 
     def objective(self, spec, X, y, G):
         return float(np.sum(log_density(spec, G, X, y)))

@@ -8,10 +8,6 @@ sigma^2 grows like n, THEORY.md s7). L-BFGS-B runs on F / F_ref with F_ref the v
 at, so its projected-gradient test (pgtol) is this statistic, and is restarted until the test holds, the
 line search reaches machine precision, or the iteration cap (`max_iter` over all restarts) runs out.
 
-Screening: with n > `screen` each start is first fitted on a random subsample (max(2000, n / 10) points by
-default, at a looser tolerance) and only the best ones are fitted on the full sample: the `keep` best
-distinct optima and the `hits` best overall (so that the global search can count repeated hits).
-
 Noise-free designs (`closest_measure`, `profile`) use `trf_fit`, scipy's trust-region reflective
 Gauss-Newton on the full Jacobian: the objective tends to zero there and only a relative tolerance resolves it.
 
@@ -51,13 +47,6 @@ def single_threaded_blas():
     controller is built once per process: scanning the loaded libraries costs about 2 ms per fit
     (benchmarks/bench_eval.py)."""
     return _controller().limit(limits=1, user_api="blas")
-
-
-def screen_size(screen, n: int) -> int | None:
-    """The subsample size of start screening: "auto" is max(2000, n // 10), None disables screening."""
-    if not (screen is None or screen == "auto" or (isinstance(screen, (int, np.integer)) and screen > 0)):
-        raise ValueError(f"screen must be 'auto', None or a positive integer, got {screen!r}")
-    return max(2000, n // 10) if screen == "auto" else screen
 
 
 class RSSObjective:
@@ -159,15 +148,6 @@ def check_bounds(bounds) -> None:
                          f"blocks ({', '.join(_BLOCKS)}) or a (lower, upper) pair of arrays")
     elif np.isscalar(bounds) and not (isinstance(bounds, (int, float)) and bounds > 0):
         raise ValueError(f"bounds = {bounds!r} is not allowed: a number must be positive")
-
-
-def distinct_best(values: list[float], keep: int) -> list[int]:
-    """Indices of the `keep` lowest finite values, preferring distinct optima (1e-7 relative apart)."""
-    order = [i for i in np.argsort(values, kind="stable") if np.isfinite(values[i])]
-    distinct = [i for j, i in enumerate(order) if j == 0 or values[i] > values[order[j - 1]] * (1 + 1e-7)]
-    chosen = distinct[:keep]
-    chosen += [i for i in order if i not in chosen][: keep - len(chosen)]
-    return sorted(chosen)
 
 
 def projected_gradient(theta: np.ndarray, grad: np.ndarray, lim) -> np.ndarray:
@@ -280,44 +260,26 @@ def _gauss_newton(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: in
     return _certify(obj, sol.x if better else theta, lim, tol, nit + int(sol.nfev), "at machine precision")
 
 
-_SCREEN_TOL = 1e-5  # stopping statistic of the subsample fits: they only rank the starts
-
-
-def local_fits(spec: MoESpec, X, y, k: int, starts: list[tuple[str, MixingMeasure]], *, bounds, tol: float,
-               max_iter: int, maxcor: int, screen, keep: int, hits: int, rng) -> list[StartResult]:
-    """A local least-squares fit from each start (after screening, module docstring), as `StartResult`s
-    whose `measure` is the end point (None when screened out or non-finite) and objective the RSS."""
+def solve(spec: MoESpec, X, y, k: int, starts: list[tuple[str, MixingMeasure]], *, bounds, tol: float,
+          max_iter: int, maxcor: int) -> list[StartResult]:
+    """A local least-squares fit from each start, as `StartResult`s whose `measure` is the end point (None
+    where non-finite) and objective the RSS."""
     lim = box(spec, k, bounds)
     size = k * (1 + spec.q + spec.p)
-    thetas = [G.to_vector()[:size] for _, G in starts]
-    if lim is not None:
-        thetas = [np.clip(theta, *lim) for theta in thetas]
     obj = RSSObjective(spec, X, y, k)
-    records: list[StartResult | None] = [None] * len(starts)
-    prior = [0] * len(starts)
+    records = []
     with single_threaded_blas(), np.errstate(all="ignore"):
-        chosen = range(len(starts))
-        screen = screen_size(screen, obj.n)
-        if screen is not None and obj.n > screen and len(starts) > keep:
-            idx = np.random.default_rng(rng).choice(obj.n, screen, replace=False)
-            sub = RSSObjective(spec, X[idx], y[idx], k)
-            pre = [minimise(sub, theta, lim, _SCREEN_TOL, max_iter, maxcor) for theta in thetas]
-            values = [p.value for p in pre]
-            best = [i for i in np.argsort(values, kind="stable") if np.isfinite(values[i])][:hits]
-            chosen = sorted(set(distinct_best(values, keep)) | set(best))
-            for i, p in enumerate(pre):
-                if i in chosen:
-                    thetas[i], prior[i] = p.theta, p.n_iter
-                else:
-                    rss = obj.rss(obj.measure(p.theta)) if np.all(np.isfinite(p.theta)) else np.nan
-                    records[i] = StartResult(starts[i][0], rss, p.n_iter, False, f"screened out on {screen} points")
-        for i in chosen:
-            end = minimise(obj, thetas[i], lim, tol, max_iter, maxcor)
+        for name, G in starts:
+            theta = G.to_vector()[:size]
+            try:
+                end = minimise(obj, theta if lim is None else np.clip(theta, *lim), lim, tol, max_iter, maxcor)
+            except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # a row, never a crash
+                end = LocalFit(theta, np.nan, np.nan, 0, "", f"{type(exc).__name__}: {exc}")
             finite = np.isfinite(end.value)
-            records[i] = StartResult(
-                starts[i][0], 2.0 * end.value / obj.scale if finite else np.nan, prior[i] + end.n_iter,
-                end.converged, end.reason, end.statistic, obj.measure(end.theta) if finite else None, end.stop,
-            )
+            records.append(StartResult(
+                name, 2.0 * end.value / obj.scale if finite else np.nan, end.n_iter, end.converged, end.reason,
+                end.statistic, obj.measure(end.theta) if finite else None, end.stop,
+            ))
     return records
 
 
