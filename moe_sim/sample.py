@@ -11,7 +11,7 @@ from .model import Features, forward
 DESIGNS = ("uniform", "equispaced", "truncated_normal")
 
 
-def _box(bounds, d: int) -> tuple[np.ndarray, np.ndarray]:
+def design_box(bounds, d: int) -> tuple[np.ndarray, np.ndarray]:
     low, high = (np.broadcast_to(np.asarray(b, dtype=float), (d,)) for b in bounds)
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low < high)):
         raise ValueError(f"bounds must be finite with low < high in every coordinate, got {bounds!r}")
@@ -28,7 +28,7 @@ def draw_design(kind: str, n: int, d: int, rng=None, bounds=(-1.0, 1.0)) -> np.n
         raise ValueError(f"design={kind!r} is not allowed; choose one of {', '.join(map(repr, DESIGNS))}")
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
-    low, high = _box(bounds, d)
+    low, high = design_box(bounds, d)
     rng = np.random.default_rng(rng)
     if kind == "uniform":
         return low + (high - low) * rng.random((n, d))

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from moe_sim import store
-from moe_sim.config import parse_config
+from moe_sim.config import QUANTITY, parse_config
 from moe_sim.fit.result import FitResult
 from moe_sim.measure import MixingMeasure
 from moe_sim.model import regression_function
@@ -59,6 +59,7 @@ def test_rows_are_tidy_and_complete(exp, tmp_path):
     assert len(per_fit) == 2 * 3 * 5
     assert not rows.duplicated(["series", "n", "replicate", "quantity", "true_atom"]).any()
     assert {"loss", "regression_l2", "objective_gap", "param:expert:max", "param:weight:mean"} <= set(rows.quantity)
+    assert all(QUANTITY.fullmatch(q) for q in set(rows.quantity)), "the config accepts every stored quantity"
     assert set(rows.status) == {"ok", "not_converged"}
     # k = 2 and k = 3 share their data: the truth's objective is the same for both
     truth_obj = rows[rows.quantity == "loss"].pivot_table(index=["n", "replicate"], columns="k",
@@ -154,12 +155,14 @@ def test_analysis_settings_do_not_invalidate_results(exp, tmp_path):
 def test_torch_backend_fits_each_task_as_one_batch(tmp_path):
     """estimator.backend = "torch": one batched fit per task, each replicate as good as its NumPy fit."""
     pytest.importorskip("torch")
-    raw = {**TINY, "k": 2, "n": [400], "replicates": 3, "chunk": 3,
+    raw = {**TINY, "k": 2, "n": [400, 800], "replicates": 3, "chunk": 3,
            "truth": {"bias": [0.0, 0.0], "gate": [[2.0], [0.0]], "expert": [[1.0, -1.3], [-1.7, -0.4]]},
            "bounds": [-3.0, 3.0], "estimator": {"n_starts": 2}}
-    numpy_rows = store.load_results(run_sweep(parse_config(raw), tmp_path / "numpy", progress=False))
+    numpy_exp = parse_config(raw)
+    at_400 = [task for task in make_tasks(numpy_exp) if task.n_index == 0]
+    numpy_rows = store.load_results(run_sweep(numpy_exp, tmp_path / "numpy", tasks=at_400, progress=False))
     torch_exp = parse_config({**raw, "estimator": {"n_starts": 2, "backend": "torch"}})
-    torch_rows = store.load_results(run_sweep(torch_exp, tmp_path / "torch", progress=False))
+    torch_rows = store.load_results(run_sweep(torch_exp, tmp_path / "torch", tasks=at_400, progress=False))
     np.testing.assert_array_equal(torch_rows.truth_objective.unique(), numpy_rows.truth_objective.unique())
     per_rep = lambda rows: rows.groupby("replicate").objective.first().to_numpy()  # noqa: E731
     assert np.all(per_rep(torch_rows) <= per_rep(numpy_rows) * (1 + 1e-6))
