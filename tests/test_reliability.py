@@ -26,14 +26,15 @@ def slow_fit(*args, **kwargs):
     return fake_fit(*args, **kwargs)
 
 
-def run_slowly(out: str, n_jobs: int) -> None:
+def run_slowly(out: str, n_jobs: int, backend: str) -> None:
     """Entry point of the subprocess runs below."""
-    run_sweep(parse_config({**TINY, "replicates": 8}), out, n_jobs=n_jobs, fit_fn=slow_fit, progress=False)
+    run_sweep(parse_config({**TINY, "replicates": 8}), out, n_jobs=n_jobs, backend=backend, fit_fn=slow_fit,
+              progress=False)
 
 
-def start_run(out: Path, n_jobs: int) -> subprocess.Popen:
+def start_run(out: Path, n_jobs: int, backend: str = "loky") -> subprocess.Popen:
     """A sweep in a subprocess (its output in out.log)."""
-    code = f"from tests.test_reliability import run_slowly; run_slowly({str(out)!r}, {n_jobs})"
+    code = f"from tests.test_reliability import run_slowly; run_slowly({str(out)!r}, {n_jobs}, {backend!r})"
     with open(f"{out}.log", "w") as log:
         return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=log, stderr=log,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -122,12 +123,17 @@ def test_a_second_concurrent_run_fails_fast_and_writes_nothing(tmp_path):
     assert found == {parse_config({**TINY, "replicates": 8}).fingerprint()}, "no shard of the second run"
 
 
+BACKENDS = [pytest.param("loky", id="loky"),
+            pytest.param("dask", id="dask", marks=[pytest.mark.distributed, pytest.mark.slow])]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_no_worker_outlives_the_run(tmp_path, how):
+def test_no_worker_outlives_the_run(tmp_path, how, backend):
     """SIGTERM stops the pool; after SIGKILL the workers notice their parent is gone. Either way no process
     of the run is alive 10 s later."""
     tmp_path = tmp_path / "out"
-    run = start_run(tmp_path, n_jobs=2)
+    run = start_run(tmp_path, n_jobs=2, backend=backend)
     main = psutil.Process(run.pid)
     try:
         children = wait_for(lambda: len(main.children(recursive=True)) >= 2 and main.children(recursive=True), 120,
