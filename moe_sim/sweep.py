@@ -193,31 +193,28 @@ def run_task(exp: Experiment, task: Task, entropy: int, fit_fn=None, reference=N
     return pd.DataFrame(out, columns=list(COLUMNS)).astype(COLUMNS)
 
 
-def _entropy(exp: Experiment, out: Path, progress: bool) -> tuple[int, bool]:
+def _check_out(exp: Experiment, out: Path) -> tuple[int, bool]:
     """(seed entropy, whether the manifest must be written) of a run into `out`, checked against what is there.
 
-    A resumed sweep keeps its first entropy. Unreadable (truncated) shards are deleted, to be recomputed; a
-    readable shard of another config, entropy or task is refused. A manifest without shards may be replaced
-    (a config fixed after a failed start). A lost manifest is rebuilt from the shards' provenance, so a
-    seedless config keeps the entropy its shards were drawn with."""
+    A resumed sweep keeps its first entropy. A readable shard of another config, entropy or task is refused;
+    unreadable (truncated) shards are deleted once the folder is accepted, to be recomputed. A manifest
+    without shards may be replaced (a config fixed after a failed start). A lost manifest is rebuilt from the
+    shards' provenance, so a seedless config keeps the entropy its shards were drawn with."""
     fingerprint = exp.fingerprint()
     readable, damaged = store.scan_shards(out)
-    for path in damaged:
-        _say(f"{exp.name}: shard {str(path)!r} is truncated or damaged; recomputing its task", progress)
-        path.unlink()
-    has_manifest = (out / store.MANIFEST).exists()
-    manifest = store.read_manifest(out) if has_manifest else None
-    if manifest is not None and readable and manifest["fingerprint"] != fingerprint:
+    manifest = store.read_manifest(out) if (out / store.MANIFEST).exists() else None
+    resumed = manifest is not None and bool(readable)
+    if resumed and manifest["fingerprint"] != fingerprint:
         raise ValueError(
             f"out={str(out)!r} holds results of a different config (fingerprint {manifest['fingerprint']}, "
             f"this config {fingerprint}); choose another output directory"
         )
-    if manifest is not None and readable:
+    found = {prov.get("entropy") for prov in readable.values()}
+    if resumed:
         entropy = int(manifest["entropy"])
+    elif len(found) == 1 and isinstance(next(iter(found)), int):
+        entropy = found.pop()
     else:
-        found = {prov.get("entropy") for prov in readable.values()}
-        entropy = found.pop() if len(found) == 1 else None
-    if entropy is None:
         entropy = exp.seed if exp.seed is not None else int(np.random.SeedSequence().entropy)
     for path, prov in readable.items():
         error = store.provenance_error(path, prov, fingerprint, entropy)
@@ -225,14 +222,16 @@ def _entropy(exp: Experiment, out: Path, progress: bool) -> tuple[int, bool]:
             raise ValueError(f"{error}; choose another output directory or delete that shard")
     if readable and manifest is None:
         _say(f"{exp.name}: {store.MANIFEST} is missing in {str(out)!r}; rebuilding it from the provenance of "
-             f"{len(readable)} shards", progress)
-    return entropy, not (manifest is not None and readable)
+             f"{len(readable)} shards")
+    for path in damaged:
+        _say(f"{exp.name}: shard {str(path)!r} is truncated or damaged; recomputing its task")
+        path.unlink()
+    return entropy, not resumed
 
 
-def _say(message: str, progress: bool) -> None:
-    """A status line on stderr that does not break a progress bar."""
-    if progress:
-        tqdm.write(message, file=sys.stderr)
+def _say(message: str) -> None:
+    """A status line on stderr that does not break a progress bar (shown with or without the bar)."""
+    tqdm.write(message, file=sys.stderr)
 
 
 class UnboundedSigmoidWarning(UserWarning):
@@ -258,7 +257,8 @@ def _unbounded_blocks(series: Series) -> list[str]:
 
 
 def _watch_parent(parent_pid: int) -> None:
-    """Worker initializer: exit as soon as the parent process is gone (SIGKILL gives it no chance to stop us)."""
+    """Worker initializer: exit within half a second of the parent's death (SIGKILL gives it no chance to stop
+    us, and loky workers would otherwise wait on their pipes for good)."""
     def watch():
         while os.getppid() == parent_pid:
             time.sleep(0.5)
@@ -377,7 +377,7 @@ def run_sweep(exp: Experiment, out, n_jobs: int = 1, backend: str = "loky", sche
                           f"expert = [-20, 20] }} (weights >= 0.05)", UnboundedSigmoidWarning, stacklevel=2)
     out = Path(out)
     with store.run_lock(out, f"{exp.name} ({' '.join(sys.argv)})"), _terminate_as_exit():
-        entropy, new_manifest = _entropy(exp, out, progress)
+        entropy, new_manifest = _check_out(exp, out)
         done = store.finished_tasks(out)
         todo = [t for t in (make_tasks(exp) if tasks is None else tasks) if t.id not in done]
         with _pool(backend, n_jobs, scheduler) as run:
@@ -385,7 +385,7 @@ def run_sweep(exp: Experiment, out, n_jobs: int = 1, backend: str = "loky", sche
             references = {}
             if wanted:
                 _say(f"{exp.name}: computing the reference measure G_bar (closest_measure) of "
-                     f"{', '.join(exp.series[i].name for i in wanted)}, once per series, before the fits", progress)
+                     f"{', '.join(exp.series[i].name for i in wanted)}, once per series, before the fits")
             with _bar(len(wanted), f"{exp.name} G_bar", "series", progress) as bar:
                 for s_i, ref in run([(i, reference_measure, (exp, exp.series[i], closest_fn)) for i in wanted]):
                     references[s_i] = ref
