@@ -125,6 +125,24 @@ def test_bad_output_folders_fail_before_any_fit(configs, tmp_path, capsys, monke
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("line, bad_line, message", [
+    ("seed = 5", "seed = 5\nreference = { n_strats = 3 }", "unknown config key(s) ['n_strats'] in reference"),
+    ("eval_n = 200", "eval_n = 10000000000", "config key 'eval_n' = 10000000000 is not allowed"),
+    ("n = [60, 120]", "n = [60]", "config key 'n' = [60] is not allowed"),
+    ("seed = 5", "seed = 5\nbounds = [1.0, -1.0]", "config key 'bounds' = [1.0, -1.0] is not allowed"),
+])
+def test_a_bad_config_writes_nothing_and_the_fixed_one_runs_there(configs, tmp_path, capsys, line, bad_line,
+                                                                  message):
+    assert line in TINY
+    (configs / "tiny.toml").write_text(TINY.replace(line, bad_line))
+    out = tmp_path / "res"
+    assert main(["--configs", str(configs), "run", "tiny", "--quick", "--out", str(out), "--no-progress"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists(), "the config failed before anything was written"
+    (configs / "tiny.toml").write_text(TINY)
+    assert main(["--configs", str(configs), "run", "tiny", "--quick", "--out", str(out), "--no-progress"]) == 0
+
+
 def test_python_dash_m(configs):
     done = subprocess.run([sys.executable, "-m", "moe_sim", "--configs", str(configs), "list"],
                           capture_output=True, text=True, timeout=60)
