@@ -13,9 +13,14 @@ def _shown(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
+def is_number(value) -> bool:
+    """A finite real number (not a boolean, a string or NaN)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and bool(np.isfinite(value))
+
+
 def number(name: str, value, low: float | None = None, strict: bool = False) -> float:
     """`value` as a float: a finite real number, above `low` (or at least `low` unless strict)."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and np.isfinite(value)
+    ok = is_number(value)
     if ok and low is not None:
         ok = value > low if strict else value >= low
     if not ok:

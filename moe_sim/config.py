@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import checks
 from .fit import closest_measure
 from .fit.init import start_plan
 from .measure import MixingMeasure, MoESpec
@@ -31,6 +32,7 @@ from .model import regression_function
 from .sample import DESIGNS, design_box
 from .voronoi import LOSS_KINDS
 
+LARGE_N = 10**6
 TOP_KEYS = {
     "name": "experiment name (string)",
     "description": "one line saying what the experiment shows",
@@ -52,7 +54,7 @@ TOP_KEYS = {
     "series": "array of tables, one per model series",
     "analysis": "table: quantities (list), stat ('median' | 'mean'), target_error, target_quantity, target_atom",
     "quick": "table of top-level overrides for the --quick variant",
-    "allow_large_n": f"true to allow n or eval_n above {10**6:.0e} (memory and run time grow with n)",
+    "allow_large_n": f"true to allow n or eval_n above {LARGE_N:.0e} (memory and run time grow with n)",
 }
 MODEL_KEYS = ("gate", "score", "expert", "d", "likelihood", "degree", "temperature")
 TRUTH_KEYS = ("bias", "gate", "expert", "var")
@@ -63,7 +65,6 @@ ANALYSIS_KEYS = ("quantities", "target_error", "target_quantity", "target_atom",
 METHODS = ("lse", "em")
 NOT_FINGERPRINTED = ("analysis", "description", "paper", "allow_large_n")
 DEFAULT_QUANTITIES = ("loss", "regression_l2", "param:weight:max", "param:gate:max", "param:expert:max")
-LARGE_N = 10**6
 # The quantities a sweep stores: parameter blocks as `voronoi.parameter_errors` names them, per-atom maximum and
 # weighted mean and the worst atom (`sweep._evaluate`).
 PARAM_BLOCKS = ("weight", "gate", "expert", "expert_intercept", "expert_slope", "expert_mean", "var")
@@ -169,7 +170,7 @@ def _n_grid(value, allow_large: bool) -> tuple[int, ...]:
         if set(value) != {"start", "stop", "num"}:
             raise _fail("n", value, "a geometric grid needs start, stop and num")
         start, stop, num = value["start"], value["stop"], _pos_int("n.num", value["num"])
-        if not all(_is_number(v) for v in (start, stop)) or not 2 <= start < stop:
+        if not all(checks.is_number(v) for v in (start, stop)) or not 2 <= start < stop:
             raise _fail("n", value, "expected numbers with 2 <= start < stop")
         grid = tuple(int(v) for v in np.unique(np.round(np.geomspace(start, stop, num)).astype(int)))
         if len(grid) < 2:
@@ -186,10 +187,6 @@ def _check_size(key: str, value, largest: int, allow_large: bool) -> None:
                                 f"time grow with n; {largest:.3g} samples)")
 
 
-def _is_number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and bool(np.isfinite(value))
-
-
 def _reference(table) -> dict:
     """The [reference] table: keyword options of `closest_measure`, each of its default's kind."""
     if not isinstance(table, dict):
@@ -201,20 +198,20 @@ def _reference(table) -> dict:
             raise _fail(where, value, f"choose one of {', '.join(DESIGNS)}")
         if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise _fail(where, value, "expected a non-negative integer")
-        if isinstance(default, float) and not (_is_number(value) and value > 0):
+        if isinstance(default, float) and not (checks.is_number(value) and value > 0):
             raise _fail(where, value, "expected a positive number")
     return dict(table)
 
 
-def _check_bounds(bounds, spec: MoESpec) -> None:
-    """The input box of a series: [low, high], numbers or length-d lists, low < high in every coordinate."""
+def _check_bounds(key: str, bounds, spec: MoESpec) -> None:
+    """An input box for a series: [low, high], numbers or length-d lists, low < high in every coordinate."""
     if not isinstance(bounds, list) or len(bounds) != 2:
-        raise _fail("bounds", bounds, "expected [low, high]")
+        raise _fail(key, bounds, "expected [low, high]")
     try:
         design_box(bounds, spec.d)
     except (TypeError, ValueError) as exc:
-        raise _fail("bounds", bounds, f"expected finite numbers (or length-{spec.d} lists) with low < high "
-                                      f"({exc})") from None
+        raise _fail(key, bounds, f"expected finite numbers (or length-{spec.d} lists) with low < high "
+                                 f"({exc})") from None
 
 
 def _check_quantity(key: str, name) -> None:
@@ -300,7 +297,7 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
     if design not in DESIGNS:
         raise _fail("design", design, f"choose one of {', '.join(DESIGNS)}")
     noise_sd = cfg.get("noise_sd", 0.1)
-    if not (_is_number(noise_sd) and noise_sd >= 0):
+    if not (checks.is_number(noise_sd) and noise_sd >= 0):
         raise _fail("noise_sd", noise_sd, "expected a finite number >= 0")
     bounds = cfg.get("bounds", [-1.0, 1.0])
     loss = cfg.get("loss", "auto")
@@ -321,7 +318,7 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
     for quantity in quantities:
         _check_quantity("analysis.quantities", quantity)
     target = analysis.get("target_error")
-    if target is not None and not (_is_number(target) and target > 0):
+    if target is not None and not (checks.is_number(target) and target > 0):
         raise _fail("analysis.target_error", target, "expected a positive number")
     target_quantity = analysis.get("target_quantity", quantities[0])
     _check_quantity("analysis.target_quantity", target_quantity)
@@ -346,7 +343,9 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
             raise _fail(f"{where}.label", label, "expected a unique string without '/'")
         labels.add(label)
         spec = _spec(merged.get("model", {}), f"{where}.model")
-        _check_bounds(bounds, spec)
+        _check_bounds("bounds", bounds, spec)
+        if spec.gate == "sigmoid" and "bounds" in reference:  # G_bar's box
+            _check_bounds("reference.bounds", reference["bounds"], spec)
         if "truth" not in merged:
             raise _fail(f"{where}.truth", None, "every series needs a truth table (bias, gate, expert[, var])")
         truth = _truth(merged["truth"], spec, f"{where}.truth")

@@ -101,6 +101,8 @@ def test_shared_data_needs_the_same_regression_function():
     ({"reference": {"n": "5000"}}, "'reference.n' = '5000' .*non-negative integer"),
     ({"reference": {"weight_min": -0.1}}, "'reference.weight_min' = -0.1 .*positive number"),
     ({"reference": {"design": "grid"}}, "'reference.design' = 'grid'"),
+    ({"model": {"gate": "sigmoid", "expert": "tanh"}, "reference": {"bounds": [1, -1]}},
+     "'reference.bounds' = \\[1, -1\\] .*low < high"),
     ({"analysis": {"quantities": ["loss", "param:expert:maxx"]}}, "'analysis.quantities' = 'param:expert:maxx'"),
     ({"analysis": {"target_quantity": "los"}}, "'analysis.target_quantity' = 'los'"),
     ({"truth": {**BASE["truth"], "var": [0.1, 0.1]}}, "'series\\[0\\].truth.var' = \\[0.1, 0.1\\] .*no variances"),
