@@ -1,9 +1,11 @@
 """Result storage: atomic shards with provenance, manifest, canonical loading, permissions, the run lock."""
 
 import json
-import multiprocessing
 import os
 import stat
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
@@ -90,30 +92,25 @@ def test_truncated_files_are_named(tmp_path):
         store.read_manifest(tmp_path)
 
 
-def _hold_lock(out, ready, release):
-    with store.run_lock(out, "the first run"):
-        ready.set()
-        release.wait(60)
-
-
 def test_run_lock_names_the_holder_and_dies_with_it(tmp_path):
-    ctx = multiprocessing.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    holder = ctx.Process(target=_hold_lock, args=(tmp_path, ready, release))
-    holder.start()
+    hold = "import sys, time; from moe_sim import store; lock = store.run_lock(sys.argv[1], 'the first run'); " \
+           "lock.__enter__(); time.sleep(300)"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], stdout=subprocess.DEVNULL)
     try:
-        assert ready.wait(60)
+        deadline = time.monotonic() + 120
+        while "the first run" not in ((tmp_path / store.LOCK).read_text() if (tmp_path / store.LOCK).exists() else ""):
+            assert time.monotonic() < deadline, "the holder did not take the lock within 120 s"
+            time.sleep(0.1)
         with pytest.raises(ValueError, match=f"in use by another run \\(pid {holder.pid} .*the first run\\)"):
             with store.run_lock(tmp_path, "the second run"):
                 pass
         holder.kill()  # no cleanup: the kernel releases the lock
-        holder.join(60)
+        holder.wait(60)
         with store.run_lock(tmp_path, "the second run"):
             assert "the second run" in (tmp_path / store.LOCK).read_text()
     finally:
-        release.set()
         holder.kill()
-        holder.join(60)
+        holder.wait(60)
 
 
 def test_output_dir_checks(tmp_path, monkeypatch):
