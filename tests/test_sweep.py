@@ -1,5 +1,7 @@
 """The sweep engine: seeding by address, bit-identical results across workers and backends, resume."""
 
+import re
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,7 +13,7 @@ from moe_sim.config import QUANTITY, parse_config
 from moe_sim.fit.result import FitResult
 from moe_sim.measure import MixingMeasure
 from moe_sim.model import regression_function
-from moe_sim.sweep import UnboundedSigmoidWarning, make_tasks, run_sweep
+from moe_sim.sweep import UnboundedSigmoidWarning, _bar, make_tasks, run_sweep
 
 TINY = {
     "name": "tiny",
@@ -192,3 +194,10 @@ def test_progress_from_the_start_with_a_message_for_g_bar(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "computing the reference measure G_bar (closest_measure) of default/k=3" in err
     assert "tiny: 100%" in err and "4/4" in err, "the bar counts fits"
+
+
+def test_the_bar_ticks_while_no_task_finishes(capsys):
+    """A long first task (G_bar, or the largest n) still shows elapsed time every second."""
+    with _bar(3, "tiny", "fit", progress=True):
+        time.sleep(2.5)
+    assert re.search(r"tiny:   0%\| +\| 0/3 \[00:01<", capsys.readouterr().err), "redrawn at 1 s, not only at the end"
