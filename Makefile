@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/python -m moe_sim.demo
 
 reproduce: $(STAMP)
-	$(BIN)/moe-sim reproduce all --quick --n-jobs 2
+	$(BIN)/moe-sim reproduce all --quick --n-jobs 2 --out results   # untracked: results/NAME and results/figures
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu"

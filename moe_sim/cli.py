@@ -59,7 +59,7 @@ def _run_one(exp, out: Path, args) -> Path:
 
 def cmd_run(args) -> int:
     exp = load_config(_resolve(args.config, args.configs), quick=args.quick)
-    _run_one(exp, Path(args.out) if args.out else Path("results") / exp.name, args)
+    _run_one(exp, store.check_output_dir(args.out or Path("results") / exp.name, "--out"), args)
     return 0
 
 
@@ -69,28 +69,32 @@ def cmd_reproduce(args) -> int:
     unknown = [n for n in names if n not in found]
     if unknown:
         raise ValueError(f"unknown experiment {unknown[0]!r}; choose 'all' or one of {sorted(found)}")
-    figures = Path(args.out) if args.out else Path("figures")
-    results_root = figures / "results" if args.out else Path("results")
+    results_root = store.check_output_dir(args.out, "--out")
+    figures = store.check_output_dir(args.figures or results_root / "figures", "--figures")
+    experiments = [load_config(found[name], quick=args.quick) for name in names]  # every config checked first
+    print(f"reproduce {args.name}: results in {results_root}/NAME, figures and rate tables in {figures}")
     total = time.perf_counter()
-    for name in names:
-        exp = load_config(found[name], quick=args.quick)
+    for exp in experiments:
         out = _run_one(exp, results_root / exp.name, args)
         rates, paths = report(out, figures, exp=exp)
         print(f"  {len(rates)} rates, {len(paths)} files in {figures}")
-    print(f"reproduce {args.name}: {time.perf_counter() - total:.1f} s")
+    print(f"reproduce {args.name}: {time.perf_counter() - total:.1f} s; figures and rate tables in {figures}")
     return 0
 
 
 def cmd_rates(args) -> int:
+    out = None if args.out is None else store.check_output_dir(args.out, "--out")
     exp = experiment_of(args.results)
     rates = rate_table(store.load_results(args.results), exp, stat=args.stat or exp.stat)
-    write_table(rates, args.results, f"{exp.name}_rates")
+    if out is not None:
+        write_table(rates, out, f"{exp.name}_rates")
     print(to_markdown(rates[[c for c in TABLE_COLUMNS if c in rates.columns]]), end="")
     return 0
 
 
 def cmd_plot(args) -> int:
-    _, paths = report(args.results, args.out, stat=args.stat)
+    out = store.check_output_dir(args.out or args.results / "figures", "--out")
+    _, paths = report(args.results, out, stat=args.stat)
     for path in paths:
         print(path)
     return 0
@@ -118,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("reproduce", help="run experiments, fit rates and draw their figures")
     rep.add_argument("name", help="an experiment name or 'all'")
     sweep_options(rep)
-    rep.add_argument("--out", help="folder for figures and tables (default figures/; results in OUT/results)")
+    rep.add_argument("--out", type=Path, default=Path("results"),
+                     help="results folder (default results/, untracked): OUT/NAME per experiment")
+    rep.add_argument("--figures", type=Path, help="folder for figures and rate tables (default OUT/figures)")
     rep.set_defaults(func=cmd_reproduce)
 
     for name, func, text in (("rates", cmd_rates, "print and store the rate table of a results directory"),
@@ -126,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text)
         p.add_argument("results", type=Path, help="a results directory (with manifest.json)")
         p.add_argument("--stat", choices=("median", "mean"), help="statistic per n (default: the config's)")
-        if name == "plot":
-            p.add_argument("--out", type=Path, default=Path("figures"), help="output folder (default figures/)")
+        p.add_argument("--out", type=Path, help="folder for the tables and figures (rates: none written by "
+                       "default; plot: RESULTS/figures); the results directory may be read-only")
         p.set_defaults(func=func)
     return parser
 

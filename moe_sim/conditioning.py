@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from . import checks
 from .measure import MixingMeasure, MoESpec
 from .model import regression_gradient
 from .sample import draw_design
@@ -27,6 +28,9 @@ def asymptotic_sd(
     sd 0. Columns: atom, block, index, value, sd.
     """
     spec.check_measure(G)
+    checks.positive_int("n", n)
+    checks.number("noise_sd", noise_sd, low=0.0)
+    checks.positive_int("n_design", n_design)
     X = draw_design(design, n_design, spec.d, rng, bounds)
     grad = regression_gradient(spec, G, X)
     columns, labels = [], []

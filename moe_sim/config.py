@@ -15,20 +15,25 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from . import checks
+from .fit import closest_measure
 from .fit.estimators import make_estimator
 from .fit.init import start_plan
 from .measure import MixingMeasure, MoESpec
 from .model import regression_function
-from .sample import DESIGNS
+from .sample import DESIGNS, design_box
 from .voronoi import LOSS_KINDS
 
+LARGE_N = 10**6
 TOP_KEYS = {
     "name": "experiment name (string)",
     "description": "one line saying what the experiment shows",
@@ -50,6 +55,7 @@ TOP_KEYS = {
     "series": "array of tables, one per model series",
     "analysis": "table: quantities (list), stat ('median' | 'mean'), target_error, target_quantity, target_atom",
     "quick": "table of top-level overrides for the --quick variant",
+    "allow_large_n": f"true to allow n or eval_n above {LARGE_N:.0e} (memory and run time grow with n)",
 }
 MODEL_KEYS = ("gate", "score", "expert", "d", "likelihood", "degree", "temperature")
 TRUTH_KEYS = ("bias", "gate", "expert", "var")
@@ -58,8 +64,14 @@ FIT_BACKENDS = ("numpy",)
 SERIES_KEYS = ("label", "model", "truth", "k", "estimator", "loss", "data")
 ANALYSIS_KEYS = ("quantities", "target_error", "target_quantity", "target_atom", "stat", "margin")
 METHODS = ("lse", "em")
-NOT_FINGERPRINTED = ("analysis", "description", "paper")
+NOT_FINGERPRINTED = ("analysis", "description", "paper", "allow_large_n")
 DEFAULT_QUANTITIES = ("loss", "regression_l2", "param:weight:max", "param:gate:max", "param:expert:max")
+# The quantities a sweep stores: parameter blocks as `voronoi.parameter_errors` names them, per-atom maximum and
+# weighted mean and the worst atom (`sweep._evaluate`).
+PARAM_BLOCKS = ("weight", "gate", "expert", "expert_intercept", "expert_slope", "expert_mean", "var")
+QUANTITY = re.compile(rf"(loss|regression_l2|objective_gap|param:({'|'.join(PARAM_BLOCKS)}):(max|mean|worst))")
+REFERENCE_OPTIONS = {name: p.default for name, p in inspect.signature(closest_measure).parameters.items()
+                     if p.default is not inspect.Parameter.empty}
 
 
 def _fail(key: str, value, allowed: str) -> ValueError:
@@ -146,25 +158,68 @@ class Experiment:
         return hashlib.sha256(json.dumps(sweep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _n_grid(value) -> tuple[int, ...]:
+def _n_grid(value, allow_large: bool) -> tuple[int, ...]:
+    """The sample sizes: at least two (a rate is a slope), at most LARGE_N unless allow_large_n is set."""
     if isinstance(value, list):
-        if not value or any(isinstance(v, bool) or not isinstance(v, int) or v < 2 for v in value):
-            raise _fail("n", value, "expected a non-empty list of integers >= 2")
+        if len(value) < 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 2 for v in value):
+            raise _fail("n", value, "expected at least two integers >= 2 (a rate needs two sample sizes)")
         if sorted(set(value)) != value:
             raise _fail("n", value, "expected strictly increasing sample sizes")
-        return tuple(value)
-    if isinstance(value, dict):
+        grid = tuple(value)
+    elif isinstance(value, dict):
         _check_keys(value, ("start", "stop", "num"), "n")
-        try:
-            start, stop, num = float(value["start"]), float(value["stop"]), value["num"]
-        except KeyError as exc:
-            raise _fail("n", value, "a geometric grid needs start, stop and num") from exc
-        _pos_int("n.num", num)
-        if not 2 <= start < stop:
-            raise _fail("n", value, "expected 2 <= start < stop")
-        grid = np.unique(np.round(np.geomspace(start, stop, num)).astype(int))
-        return tuple(int(v) for v in grid)
-    raise _fail("n", value, "expected a list of integers or a table {start, stop, num}")
+        if set(value) != {"start", "stop", "num"}:
+            raise _fail("n", value, "a geometric grid needs start, stop and num")
+        start, stop, num = value["start"], value["stop"], _pos_int("n.num", value["num"])
+        if not all(checks.is_number(v) for v in (start, stop)) or not 2 <= start < stop:
+            raise _fail("n", value, "expected numbers with 2 <= start < stop")
+        grid = tuple(int(v) for v in np.unique(np.round(np.geomspace(start, stop, num)).astype(int)))
+        if len(grid) < 2:
+            raise _fail("n", value, "expected a grid of at least two sample sizes (num >= 2)")
+    else:
+        raise _fail("n", value, "expected a list of integers or a table {start, stop, num}")
+    _check_size("n", value, max(grid), allow_large)
+    return grid
+
+
+def _check_size(key: str, value, largest: int, allow_large: bool) -> None:
+    if largest > LARGE_N and not allow_large:
+        raise _fail(key, value, f"sample sizes above {LARGE_N:.0e} need allow_large_n = true (memory and run "
+                                f"time grow with n; {largest:.3g} samples)")
+
+
+def _reference(table) -> dict:
+    """The [reference] table: keyword options of `closest_measure`, each of its default's kind."""
+    if not isinstance(table, dict):
+        raise _fail("reference", table, "expected a table of closest_measure options")
+    _check_keys(table, REFERENCE_OPTIONS, "reference")
+    for key, value in table.items():
+        default, where = REFERENCE_OPTIONS[key], f"reference.{key}"
+        if key == "design" and value not in DESIGNS:
+            raise _fail(where, value, f"choose one of {', '.join(DESIGNS)}")
+        if isinstance(default, int) and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise _fail(where, value, "expected a non-negative integer")
+        if isinstance(default, float) and not (checks.is_number(value) and value > 0):
+            raise _fail(where, value, "expected a positive number")
+    return dict(table)
+
+
+def _check_bounds(key: str, bounds, spec: MoESpec) -> None:
+    """An input box for a series: [low, high], numbers or length-d lists, low < high in every coordinate."""
+    if not isinstance(bounds, list) or len(bounds) != 2:
+        raise _fail(key, bounds, "expected [low, high]")
+    try:
+        design_box(bounds, spec.d)
+    except (TypeError, ValueError) as exc:
+        raise _fail(key, bounds, f"expected finite numbers (or length-{spec.d} lists) with low < high "
+                                 f"({exc})") from None
+
+
+def _check_quantity(key: str, name) -> None:
+    if not isinstance(name, str) or not QUANTITY.fullmatch(name):
+        raise _fail(key, name, f"expected a quantity name: loss, regression_l2, objective_gap or "
+                               f"param:BLOCK:STAT with BLOCK one of {', '.join(PARAM_BLOCKS)} and STAT one of "
+                               f"max, mean, worst")
 
 
 def _spec(table: dict, where: str) -> MoESpec:
@@ -177,6 +232,9 @@ def _spec(table: dict, where: str) -> MoESpec:
 
 def _truth(table: dict, spec: MoESpec, where: str) -> MixingMeasure:
     _check_keys(table, TRUTH_KEYS, where)
+    if spec.likelihood == "regression" and "var" in table:
+        raise _fail(f"{where}.var", table["var"], "a regression truth has no variances (noise_sd sets the noise); "
+                                                  "remove it, or set model.likelihood = 'gaussian'")
     try:
         return spec.check_measure(MixingMeasure.from_dict(table), where)
     except ValueError as exc:
@@ -202,18 +260,27 @@ def _estimator(table: dict, where: str) -> tuple[str, str | list, int | None, di
         _pos_int(f"{where}.n_starts", n_starts)
         if isinstance(init, dict):
             raise _fail(f"{where}.n_starts", n_starts, "leave it unset when init is a table of counts")
-    options = table.get("options", {})
-    if not isinstance(options, dict):
-        raise _fail(f"{where}.options", options, "expected a table of estimator options")
     try:
-        make_estimator(method, options)
-        start_plan(init if isinstance(init, (str, dict)) else tuple(init), n_starts, None, method)
+        start_plan(init, n_starts, None, method)
     except ValueError as exc:
-        raise ValueError(f"{where}: {exc}") from exc
+        raise ValueError(f"config key {where + '.init'!r}: {exc}") from None
+    options = table.get("options", {})
+    _check_estimator(method, options, f"{where}.options")
     if init == "near_truth" or init == ["near_truth"] or isinstance(init, dict) and set(init) == {"near_truth"}:
         raise _fail(f"{where}.init", init, "near-truth starts bias the rates (THEORY.md s4, s7): add truth-free "
                     "kinds (kmeans, random, split, merge) or keep 'default'")
     return method, init, n_starts, dict(options), backend
+
+
+def _check_estimator(method: str, options, where: str) -> None:
+    """The estimator options of a series, checked before anything runs by building the estimator
+    (`moe_sim.fit.make_estimator`, which names the option, its value and the allowed ones)."""
+    if not isinstance(options, dict):
+        raise _fail(where, options, f"expected a table of {method} estimator options")
+    try:
+        make_estimator(method, options)
+    except ValueError as exc:
+        raise ValueError(f"config key {where!r}: {exc}") from None
 
 
 def _data_key(spec: MoESpec, truth: MixingMeasure) -> str:
@@ -236,31 +303,31 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
     if design not in DESIGNS:
         raise _fail("design", design, f"choose one of {', '.join(DESIGNS)}")
     noise_sd = cfg.get("noise_sd", 0.1)
-    if isinstance(noise_sd, bool) or not isinstance(noise_sd, (int, float)) or not noise_sd >= 0:
-        raise _fail("noise_sd", noise_sd, "expected a number >= 0")
+    if not (checks.is_number(noise_sd) and noise_sd >= 0):
+        raise _fail("noise_sd", noise_sd, "expected a finite number >= 0")
     bounds = cfg.get("bounds", [-1.0, 1.0])
-    if not isinstance(bounds, list) or len(bounds) != 2:
-        raise _fail("bounds", bounds, "expected [low, high]")
     loss = cfg.get("loss", "auto")
     if loss not in LOSS_KINDS:
         raise _fail("loss", loss, f"choose one of {', '.join(LOSS_KINDS)}")
     seed = cfg.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise _fail("seed", seed, "expected a non-negative integer (or leave it out for fresh entropy)")
-    reference = cfg.get("reference", {})
-    if not isinstance(reference, dict):
-        raise _fail("reference", reference, "expected a table of closest_measure options")
+    reference = _reference(cfg.get("reference", {}))
+    allow_large = cfg.get("allow_large_n", False)
+    if not isinstance(allow_large, bool):
+        raise _fail("allow_large_n", allow_large, "expected true or false")
     analysis = cfg.get("analysis", {})
     _check_keys(analysis, ANALYSIS_KEYS, "analysis")
     quantities = analysis.get("quantities", list(DEFAULT_QUANTITIES))
-    if not isinstance(quantities, list) or not all(isinstance(q, str) for q in quantities):
-        raise _fail("analysis.quantities", quantities, "expected a list of quantity names")
+    if not isinstance(quantities, list) or not quantities:
+        raise _fail("analysis.quantities", quantities, "expected a non-empty list of quantity names")
+    for quantity in quantities:
+        _check_quantity("analysis.quantities", quantity)
     target = analysis.get("target_error")
-    if target is not None and (isinstance(target, bool) or not isinstance(target, (int, float)) or target <= 0):
+    if target is not None and not (checks.is_number(target) and target > 0):
         raise _fail("analysis.target_error", target, "expected a positive number")
-    target_quantity = analysis.get("target_quantity", quantities[0] if quantities else "loss")
-    if not isinstance(target_quantity, str):
-        raise _fail("analysis.target_quantity", target_quantity, "expected a quantity name")
+    target_quantity = analysis.get("target_quantity", quantities[0])
+    _check_quantity("analysis.target_quantity", target_quantity)
     target_atom = analysis.get("target_atom", -1)
     if isinstance(target_atom, bool) or not isinstance(target_atom, int) or target_atom < -1:
         raise _fail("analysis.target_atom", target_atom, "expected a true atom index (or -1 for none)")
@@ -282,6 +349,9 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
             raise _fail(f"{where}.label", label, "expected a unique string without '/'")
         labels.add(label)
         spec = _spec(merged.get("model", {}), f"{where}.model")
+        _check_bounds("bounds", bounds, spec)
+        if not spec.gate_family.translation_invariant and "bounds" in reference:  # G_bar's box (sigmoid gates)
+            _check_bounds("reference.bounds", reference["bounds"], spec)
         if "truth" not in merged:
             raise _fail(f"{where}.truth", None, "every series needs a truth table (bias, gate, expert[, var])")
         truth = _truth(merged["truth"], spec, f"{where}.truth")
@@ -311,20 +381,28 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
         raise _fail("series", names, "each (label, k) pair must be unique")
     if "n" not in cfg:
         raise _fail("n", None, "the n grid is required")
+    n_grid = _n_grid(cfg["n"], allow_large)
+    size, largest = max((s.k * (1 + s.spec.q + s.spec.p + (s.spec.likelihood == "gaussian")), s.name)
+                        for s in series)
+    if n_grid[0] <= size:
+        raise _fail("n", cfg["n"], f"every n must exceed the {size} parameters of series {largest} (an "
+                                   f"under-determined fit interpolates its sample)")
+    eval_n = _pos_int("eval_n", cfg.get("eval_n", 2000))
+    _check_size("eval_n", eval_n, eval_n, allow_large)
     return Experiment(
         name=name + ("_quick" if quick else ""),
         description=str(cfg.get("description", "")),
         paper=str(cfg.get("paper", "")),
         series=tuple(series),
-        n_grid=_n_grid(cfg["n"]),
+        n_grid=n_grid,
         replicates=_pos_int("replicates", cfg.get("replicates", 10)),
         chunk=_pos_int("chunk", cfg.get("chunk", 4)),
         noise_sd=float(noise_sd),
         design=design,
         bounds=tuple(bounds),
         seed=seed,
-        eval_n=_pos_int("eval_n", cfg.get("eval_n", 2000)),
-        reference=dict(reference),
+        eval_n=eval_n,
+        reference=reference,
         quantities=tuple(quantities),
         target_error=None if target is None else float(target),
         target_quantity=target_quantity,

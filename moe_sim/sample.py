@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import truncnorm
 
+from . import checks
 from .measure import MixingMeasure, MoESpec
 from .model import Features, forward
 
 DESIGNS = ("uniform", "equispaced", "truncated_normal")
+MAX_SAMPLE = 10**8  # 0.8 GB per input coordinate; beyond it a draw fails on allocation instead of here
 
 
-def _box(bounds, d: int) -> tuple[np.ndarray, np.ndarray]:
+def design_box(bounds, d: int) -> tuple[np.ndarray, np.ndarray]:
     low, high = (np.broadcast_to(np.asarray(b, dtype=float), (d,)) for b in bounds)
     if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high)) and np.all(low < high)):
         raise ValueError(f"bounds must be finite with low < high in every coordinate, got {bounds!r}")
@@ -26,10 +28,9 @@ def draw_design(kind: str, n: int, d: int, rng=None, bounds=(-1.0, 1.0)) -> np.n
     """
     if kind not in DESIGNS:
         raise ValueError(f"design={kind!r} is not allowed; choose one of {', '.join(map(repr, DESIGNS))}")
-    if not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    low, high = _box(bounds, d)
-    rng = np.random.default_rng(rng)
+    checks.positive_int("n", n, MAX_SAMPLE)
+    low, high = design_box(bounds, d)
+    rng = checks.generator("rng", rng)
     if kind == "uniform":
         return low + (high - low) * rng.random((n, d))
     if kind == "equispaced":
@@ -54,12 +55,12 @@ def sample(
     y ~ N(h_i(x), var_i) (noise_sd is ignored). Bit-identical for equal seeds.
     """
     spec.check_measure(G)
-    rng = np.random.default_rng(rng)
+    if spec.likelihood == "regression":
+        checks.number("noise_sd", noise_sd, low=0.0)
+    rng = checks.generator("rng", rng)
     X = draw_design(design, n, spec.d, rng, bounds)
     fw = forward(spec, G, Features.of(spec, X))
     if spec.likelihood == "regression":
-        if not (np.isfinite(noise_sd) and noise_sd >= 0):
-            raise ValueError(f"noise_sd must be a non-negative number, got {noise_sd!r}")
         return X, fw.f + noise_sd * rng.standard_normal(n)
     cdf = np.cumsum(fw.g, axis=0)
     latent = np.minimum((rng.random(n)[None, :] > cdf).sum(axis=0), G.k - 1)

@@ -10,8 +10,14 @@ data model) are fitted on the very same samples.
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+import threading
 import time
 import warnings
+from concurrent.futures import as_completed as futures_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,16 +79,21 @@ def replicate_seeds(entropy: int, series: Series, series_index: int, n_index: in
     )
 
 
+def needs_reference(series: Series) -> bool:
+    """Whether losses are taken against G_bar: an over-specified sigmoid fit of a regime-2 truth."""
+    return series.spec.gate_family.regime(series.truth) == 2 and series.k > series.truth.k
+
+
 def reference_measure(exp: Experiment, series: Series, closest=None) -> tuple[MixingMeasure, str]:
-    """The measure losses are taken against, and a note: G*, or G_bar for an over-specified sigmoid fit in
-    regime 2 (computed by `closest_measure` on the experiment's design and bounds, options from the config's
-    [reference] table; the note lists G_bar's degeneracy issues, if any)."""
-    if not (series.spec.gate_family.regime(series.truth) == 2 and series.k > series.truth.k):
+    """The measure losses are taken against, and a note: G*, or G_bar when `needs_reference` (computed by
+    `closest_measure` on the experiment's design and bounds, options from the config's [reference] table; the
+    note lists G_bar's degeneracy issues, if any)."""
+    if not needs_reference(series):
         return series.truth, ""
     if closest is None:
         from .fit import closest_measure as closest
     options = {"design": exp.design, "bounds": exp.bounds, **exp.reference}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore")  # degeneracy is recorded in the rows instead
         result = closest(series.spec, series.truth, series.k, **options)
     note = "G_bar degenerate: " + "; ".join(result.issues) if result.degenerate else ""
@@ -140,13 +151,16 @@ def _search_columns(result) -> dict:
     }
 
 
-def run_task(exp: Experiment, task: Task, entropy: int, fit_fn=None, closest_fn=None) -> pd.DataFrame:
-    """Sample, fit and evaluate the replicates of one task; a failed fit becomes rows with status 'failed'."""
+def run_task(exp: Experiment, task: Task, entropy: int, fit_fn=None, reference=None) -> pd.DataFrame:
+    """Sample, fit and evaluate the replicates of one task; a failed fit becomes rows with status 'failed'.
+
+    reference: the series' (measure, note) from `reference_measure`, computed once per series by `run_sweep`
+    (G_bar takes up to a minute and a half); computed here when not given."""
     series = exp.series[task.series_index]
     n = exp.n_grid[task.n_index]
     out = []
+    ref, ref_note = reference_measure(exp, series) if reference is None else reference
     with threadpool_limits(limits=1):
-        ref, ref_note = reference_measure(exp, series, closest_fn)
         reps = range(task.start, task.stop)
         seeds = [replicate_seeds(entropy, series, task.series_index, task.n_index, rep) for rep in reps]
         data = [sample(series.spec, series.truth, n, rng=data_seed, noise_sd=exp.noise_sd, design=exp.design,
@@ -174,54 +188,160 @@ def run_task(exp: Experiment, task: Task, entropy: int, fit_fn=None, closest_fn=
     return pd.DataFrame(out, columns=list(COLUMNS)).astype(COLUMNS)
 
 
-def _prepare(exp: Experiment, out: Path) -> int:
-    """Create or check the manifest; return the seed entropy (a resumed sweep keeps its first entropy)."""
-    if (out / store.MANIFEST).exists():
-        manifest = store.read_manifest(out)
-        if manifest["fingerprint"] != exp.fingerprint():
-            raise ValueError(
-                f"out={str(out)!r} holds results of a different config (fingerprint {manifest['fingerprint']}, "
-                f"this config {exp.fingerprint()}); choose another output directory"
-            )
-        return int(manifest["entropy"])
-    entropy = exp.seed if exp.seed is not None else int(np.random.SeedSequence().entropy)
-    store.write_manifest(out, exp.raw, exp.fingerprint(), entropy,
-                         {"experiment": exp.name, "quick": exp.quick, "series": [s.name for s in exp.series],
-                          "n_grid": list(exp.n_grid), "replicates": exp.replicates})
-    return entropy
+def _check_out(exp: Experiment, out: Path) -> tuple[int, bool]:
+    """(seed entropy, whether the manifest must be written) of a run into `out`, checked against what is there.
+
+    A resumed sweep keeps its first entropy. A readable shard of another config, entropy or task is refused;
+    unreadable (truncated) shards are deleted once the folder is accepted, to be recomputed. A manifest
+    without shards may be replaced (a config fixed after a failed start). A lost manifest is rebuilt from the
+    shards' provenance, so a seedless config keeps the entropy its shards were drawn with."""
+    fingerprint = exp.fingerprint()
+    readable, damaged = store.scan_shards(out)
+    manifest = store.read_manifest(out) if (out / store.MANIFEST).exists() else None
+    resumed = manifest is not None and bool(readable)
+    if resumed and manifest["fingerprint"] != fingerprint:
+        raise ValueError(
+            f"out={str(out)!r} holds results of a different config (fingerprint {manifest['fingerprint']}, "
+            f"this config {fingerprint}); choose another output directory"
+        )
+    found = {prov.get("entropy") for prov in readable.values()}
+    if resumed:
+        entropy = int(manifest["entropy"])
+    elif len(found) == 1 and isinstance(next(iter(found)), int):
+        entropy = found.pop()
+    else:
+        entropy = exp.seed if exp.seed is not None else int(np.random.SeedSequence().entropy)
+    for path, prov in readable.items():
+        error = store.provenance_error(path, prov, fingerprint, entropy)
+        if error:
+            raise ValueError(f"{error}; choose another output directory or delete that shard")
+    if readable and manifest is None:
+        _say(f"{exp.name}: {store.MANIFEST} is missing in {str(out)!r}; rebuilding it from the provenance of "
+             f"{len(readable)} shards")
+    for path in damaged:
+        _say(f"{exp.name}: shard {str(path)!r} is truncated or damaged; recomputing its task")
+        path.unlink()
+    return entropy, not resumed
 
 
-def _tagged_task(exp, task, entropy, fit_fn, closest_fn):
-    return task, run_task(exp, task, entropy, fit_fn, closest_fn)
+def _say(message: str) -> None:
+    """A status line on stderr that does not break a progress bar (shown with or without the bar)."""
+    tqdm.write(message, file=sys.stderr)
 
 
-def _run_dask(exp, todo, entropy, fit_fn, closest_fn, scheduler, n_jobs):
-    from distributed import Client, LocalCluster, as_completed
-
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True, dashboard_address=None)
-        scheduler = cluster
-    client = Client(scheduler)
-    try:
-        futures = {client.submit(run_task, exp, t, entropy, fit_fn, closest_fn, pure=False): t for t in todo}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+class UnboundedSigmoidWarning(UserWarning):
+    """A sigmoid series fitted without a parameter box: its fits can run off or grow null atoms."""
 
 
-def _run_loky(exp, todo, entropy, fit_fn, closest_fn, n_jobs):
-    if n_jobs == 1:
-        for t in todo:
-            yield t, run_task(exp, t, entropy, fit_fn, closest_fn)
+def _unbounded_blocks(series: Series) -> list[str]:
+    """The parameter blocks of a sigmoid series' least-squares fit left unbounded ([] when all are bounded).
+
+    Without a box a sigmoid atom of weight -> 0 is a null atom with arbitrary parameters and experts can
+    saturate and run off (errors of 1e4 in the issue-12 trial), so every block needs finite bounds, the
+    bias a finite lower one (a weight floor)."""
+    if series.spec.gate_family.regime(series.truth) is None or series.method != "lse":
+        return []
+    bounds = series.options.get("bounds")
+    if bounds is None:
+        return ["bias", "gate", "expert"]
+    if not isinstance(bounds, dict):
+        return []  # a number or (low, high) arrays bound every parameter; lse_fit checks their values
+    ends = {"bias": 0, "gate": slice(None), "expert": slice(None)}  # the bias needs a lower bound only
+    return [block for block, which in ends.items()
+            if not np.all(np.isfinite(np.asarray(bounds.get(block, (-np.inf, np.inf)), float)[which]))]
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Worker initializer: exit within half a second of the parent's death (SIGKILL gives it no chance to stop
+    us, and loky workers would otherwise wait on their pipes for good)."""
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="moe-sim-parent-watch", daemon=True).start()
+
+
+@contextmanager
+def _pool(backend: str, n_jobs: int, scheduler):
+    """A function mapping jobs [(key, fn, args)] to a stream of (key, fn(*args)) in completion order.
+
+    loky: a private pool of n_jobs processes (inline when n_jobs = 1) that is killed on any exit, and whose
+    workers exit by themselves when this process dies. dask: `scheduler` or a LocalCluster of n_jobs
+    workers (Dask workers exit with their parent process)."""
+    if backend == "dask":
+        from distributed import Client, LocalCluster, as_completed
+
+        cluster = None
+        if scheduler is None:
+            cluster = LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster if cluster is not None else scheduler)
+
+        def run(jobs):
+            futures = {client.submit(fn, *args, pure=False): key for key, fn, args in jobs}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        try:
+            yield run
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
         return
-    from joblib import Parallel, delayed
+    if n_jobs == 1:
+        yield lambda jobs: ((key, fn(*args)) for key, fn, args in jobs)
+        return
+    from joblib.externals.loky import ProcessPoolExecutor
 
-    parallel = Parallel(n_jobs=n_jobs, backend="loky", return_as="generator_unordered")
-    yield from parallel(delayed(_tagged_task)(exp, t, entropy, fit_fn, closest_fn) for t in todo)
+    executor = ProcessPoolExecutor(max_workers=n_jobs, initializer=_watch_parent, initargs=(os.getpid(),))
+
+    def run(jobs):
+        futures = {executor.submit(fn, *args): key for key, fn, args in jobs}
+        for future in futures_completed(futures):
+            yield futures[future], future.result()
+    try:
+        yield run
+    except BaseException:
+        executor.shutdown(wait=True, kill_workers=True)
+        raise
+    executor.shutdown(wait=True)
+
+
+@contextmanager
+def _terminate_as_exit():
+    """SIGTERM raises SystemExit in the main thread, so the pool's cleanup runs and no worker is orphaned."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _bar(total: int, desc: str, unit: str, progress: bool):
+    """A tqdm bar shown at once and redrawn every second (elapsed time, ETA) even while no job finishes."""
+    with tqdm(total=total, desc=desc, unit=unit, disable=not progress or not total, dynamic_ncols=True) as bar:
+        stop = threading.Event()
+
+        def tick():
+            while not stop.wait(1.0):
+                bar.refresh()
+        ticker = threading.Thread(target=tick, daemon=True)
+        if not bar.disable:
+            ticker.start()
+        try:
+            yield bar
+        finally:
+            stop.set()
+            if ticker.is_alive():
+                ticker.join()
 
 
 def run_sweep(exp: Experiment, out, n_jobs: int = 1, backend: str = "loky", scheduler=None, fit_fn=None,
@@ -232,6 +352,10 @@ def run_sweep(exp: Experiment, out, n_jobs: int = 1, backend: str = "loky", sche
     to `scheduler` (an address or a Client-compatible object) or, without one, to a LocalCluster of n_jobs
     single-threaded workers. Finished shards are skipped; `tasks` restricts the run to a subset (by default all).
     `fit_fn` and `closest_fn` replace `moe_sim.fit.fit` / `closest_measure` (test doubles).
+
+    Order: argument checks and warnings, the folder's lock (a second run into `out` fails here), the check of
+    what `out` holds, the reference measures G_bar (once per series, on the workers), then the manifest and
+    the fits. SIGTERM stops the workers and exits with status 143.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not allowed; choose one of {', '.join(BACKENDS)}")
@@ -239,16 +363,36 @@ def run_sweep(exp: Experiment, out, n_jobs: int = 1, backend: str = "loky", sche
         backend = "dask"
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
         raise ValueError(f"n_jobs must be a positive integer, got {n_jobs!r}")
+    for series in exp.series:
+        blocks = _unbounded_blocks(series)
+        if blocks:
+            warnings.warn(f"series {series.name}: a sigmoid gate fitted without finite bounds on {blocks}; its fits "
+                          f"can run off or end with null atoms (arbitrary parameters), which makes per-atom errors "
+                          f"meaningless. Set estimator.options.bounds, e.g. {{ bias = [-2.944, 20], gate = [-20, 20], "
+                          f"expert = [-20, 20] }} (weights >= 0.05)", UnboundedSigmoidWarning, stacklevel=2)
     out = Path(out)
-    entropy = _prepare(exp, out)
-    done = store.finished_tasks(out)
-    todo = [t for t in (make_tasks(exp) if tasks is None else tasks) if t.id not in done]
-    if backend == "dask":
-        stream = _run_dask(exp, todo, entropy, fit_fn, closest_fn, scheduler, n_jobs)
-    else:
-        stream = _run_loky(exp, todo, entropy, fit_fn, closest_fn, n_jobs)
-    with tqdm(total=len(todo), desc=exp.name, unit="task", disable=not progress or not todo) as bar:
-        for task, rows in stream:
-            store.write_shard(out, task.id, rows)
-            bar.update()
+    with store.run_lock(out, f"{exp.name} ({' '.join(sys.argv)})"), _terminate_as_exit():
+        entropy, new_manifest = _check_out(exp, out)
+        done = store.finished_tasks(out)
+        todo = [t for t in (make_tasks(exp) if tasks is None else tasks) if t.id not in done]
+        with _pool(backend, n_jobs, scheduler) as run:
+            wanted = sorted({t.series_index for t in todo if needs_reference(exp.series[t.series_index])})
+            references = {}
+            if wanted:
+                _say(f"{exp.name}: computing the reference measure G_bar (closest_measure) of "
+                     f"{', '.join(exp.series[i].name for i in wanted)}, once per series, before the fits")
+            with _bar(len(wanted), f"{exp.name} G_bar", "series", progress) as bar:
+                for s_i, ref in run([(i, reference_measure, (exp, exp.series[i], closest_fn)) for i in wanted]):
+                    references[s_i] = ref
+                    bar.update()
+            if new_manifest:
+                store.write_manifest(out, exp.raw, exp.fingerprint(), entropy,
+                                     {"experiment": exp.name, "quick": exp.quick,
+                                      "series": [s.name for s in exp.series], "n_grid": list(exp.n_grid),
+                                      "replicates": exp.replicates})
+            jobs = [(t, run_task, (exp, t, entropy, fit_fn, references.get(t.series_index))) for t in todo]
+            with _bar(sum(t.stop - t.start for t in todo), exp.name, "fit", progress) as bar:
+                for task, rows in run(jobs):
+                    store.write_shard(out, task.id, rows, exp.fingerprint(), entropy)
+                    bar.update(task.stop - task.start)
     return out

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .families import ExpertFamily
+from . import checks
 from .measure import MixingMeasure, MoESpec
 from .voronoi import cell_exponent
 
@@ -155,6 +156,14 @@ def predicted_rates(spec: MoESpec, G_true: MixingMeasure, k: int, r=None) -> pd.
     for every cell size from 2 to k - k* + 1. The regression function's sqrt(log n / n) [S] is always the
     first row.
     """
+    if isinstance(r, dict):
+        bad = [m for m in r if isinstance(m, bool) or not isinstance(m, int) or m < 2]
+        if bad:
+            raise ValueError(f"r={r!r} maps cell sizes m to r(m): keys must be integers >= 2, got {bad}")
+        for m, r_m in r.items():
+            checks.number(f"r[{m}]", r_m, low=0.0, strict=True)
+    elif r is not None:
+        checks.number("r", r, low=0.0, strict=True)
     spec.check_measure(G_true, "G_true")
     if not isinstance(k, (int, np.integer)) or k < G_true.k:
         raise ValueError(f"k must be an integer >= the number of true atoms ({G_true.k}), got {k!r}")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from moe_sim.config import load_config, parse_config
+from moe_sim.sweep import _unbounded_blocks
 
 BASE = {
     "name": "tiny",
@@ -86,6 +87,29 @@ def test_shared_data_needs_the_same_regression_function():
     ({"nosie_sd": 0.1}, "unknown config key\\(s\\) \\['nosie_sd'\\]"),
     ({"model": {"gate": "softmax", "expert": "tanhh"}}, "series\\[0\\].model.*expert='tanhh'"),
     ({"truth": {"bias": [0.0], "gate": [[1.0, 2.0]], "expert": [[0.0, 1.0]]}}, "series\\[0\\].truth"),
+    # issue 12: caught here, before anything is written
+    ({"bounds": [1.0, -1.0]}, "'bounds' = \\[1.0, -1.0\\] .*low < high"),
+    ({"bounds": ["a", 1.0]}, "'bounds' = \\['a', 1.0\\] .*finite numbers"),
+    ({"bounds": [[-1.0, 0.0], [1.0, 1.0]]}, "'bounds' = .*length-1 lists"),
+    ({"n": [200]}, "'n' = \\[200\\] .*at least two integers"),
+    ({"n": {"start": 100, "stop": 100.4, "num": 3}}, "at least two sample sizes"),
+    ({"n": {"start": "1e3", "stop": 1e4, "num": 3}}, "'n' = .*expected numbers with 2 <= start < stop"),
+    ({"n": [200, 10_000_000_000]}, "'n' = \\[200, 10000000000\\] .*above 1e\\+06 need allow_large_n = true"),
+    ({"eval_n": 10_000_000_000}, "'eval_n' = 10000000000 .*allow_large_n"),
+    ({"n": [3, 100]}, "'n' = \\[3, 100\\] .*exceed the 12 parameters of series default/k=3"),
+    ({"reference": {"n_strats": 3}}, "unknown config key\\(s\\) \\['n_strats'\\] in reference; allowed: .*n_starts"),
+    ({"reference": {"n": "5000"}}, "'reference.n' = '5000' .*non-negative integer"),
+    ({"reference": {"weight_min": -0.1}}, "'reference.weight_min' = -0.1 .*positive number"),
+    ({"reference": {"design": "grid"}}, "'reference.design' = 'grid'"),
+    ({"model": {"gate": "sigmoid", "expert": "tanh"}, "reference": {"bounds": [1, -1]}},
+     "'reference.bounds' = \\[1, -1\\] .*low < high"),
+    ({"analysis": {"quantities": ["loss", "param:expert:maxx"]}}, "'analysis.quantities' = 'param:expert:maxx'"),
+    ({"analysis": {"target_quantity": "los"}}, "'analysis.target_quantity' = 'los'"),
+    ({"truth": {**BASE["truth"], "var": [0.1, 0.1]}}, "'series\\[0\\].truth.var' = \\[0.1, 0.1\\] .*no variances"),
+    ({"estimator": {"init": "kmean"}}, "'series\\[0\\].estimator.init': init='kmean' is not allowed"),
+    ({"estimator": {"options": [1]}}, "'series\\[0\\].estimator.options' = \\[1\\] .*table of lse estimator options"),
+    ({"allow_large_n": "yes"}, "'allow_large_n' = 'yes'"),
+    ({"noise_sd": float("inf")}, "'noise_sd' = inf"),
 ])
 def test_errors_name_the_key_and_value(changes, key):
     with pytest.raises(ValueError, match=key):
@@ -114,3 +138,11 @@ def test_shipped_experiments_parse(path):
     assert full.name == path.stem and quick.name == f"{path.stem}_quick"
     assert quick.n_grid[-1] <= full.n_grid[-1] and quick.replicates <= full.replicates
     assert full.seed is not None, "shipped experiments are reproducible: they fix their seed"
+    assert not [s.name for s in full.series + quick.series if _unbounded_blocks(s)], "sigmoid fits are bounded"
+
+
+def test_large_n_runs_when_confirmed():
+    exp = parse_config(with_(n=[200, 2_000_000], eval_n=3_000_000, allow_large_n=True))
+    assert exp.n_grid == (200, 2_000_000) and exp.eval_n == 3_000_000
+    assert exp.fingerprint() == parse_config(with_(n=[200, 2_000_000], eval_n=3_000_000, allow_large_n=True,
+                                                   description="x")).fingerprint()

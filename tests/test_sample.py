@@ -74,3 +74,57 @@ def test_bad_sampling_arguments(sigmoid_tanh, kwargs, match):
     spec, G = sigmoid_tanh
     with pytest.raises(ValueError, match=match):
         ms.sample(spec, G, rng=0, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n": True}, "n must be a positive integer up to 1e\\+08, got True"),
+    ({"n": 10**12}, "n must be a positive integer up to 1e\\+08, got 1000000000000"),
+    ({"n": 10, "noise_sd": "0.1"}, "noise_sd must be a finite number >= 0, got '0.1'"),
+    ({"n": 10, "noise_sd": float("nan")}, "noise_sd must be a finite number >= 0, got nan"),
+    ({"n": 10, "rng": "abc"}, "rng must be None, a non-negative int seed, a SeedSequence or a Generator, got 'abc'"),
+    ({"n": 10, "rng": -1}, "rng must be None, a non-negative int seed"),
+])
+def test_bad_arguments_name_the_argument_and_value(sigmoid_tanh, kwargs, match):
+    spec, G = sigmoid_tanh
+    with pytest.raises(ValueError, match=match):
+        ms.sample(spec, G, **{"rng": 0, **kwargs})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"n": 0}, "n must be a positive integer, got 0"),
+    ({"noise_sd": -0.1}, "noise_sd must be a finite number >= 0, got -0.1"),
+    ({"noise_sd": "0.1"}, "noise_sd must be a finite number >= 0, got '0.1'"),
+    ({"n_design": 2.5}, "n_design must be a positive integer, got 2.5"),
+])
+def test_asymptotic_sd_checks_its_arguments(sigmoid_tanh, kwargs, match):
+    spec, G = sigmoid_tanh
+    with pytest.raises(ValueError, match=match):
+        ms.asymptotic_sd(spec, G, **{"n": 1000, "noise_sd": 0.1, **kwargs})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"sigma": "0.1"}, "sigma must be a finite number > 0, got '0.1'"),
+    ({"deltas": [0.01, float("nan")]}, "every delta must be a finite number > 0, got nan"),
+    ({"n_range": (1e5, 1e3)}, "n_range must be \\(n_min, n_max\\) with n_min < n_max, got \\(100000.0, 1000.0\\)"),
+    ({"n_range": (0, 1e3)}, "n_range\\[0\\] must be a finite number > 0, got 0"),
+    ({"visible_delta": 0}, "visible_delta must be a finite number > 0, got 0"),
+    ({"n": True}, "n must be a positive integer, got True"),
+])
+def test_profile_checks_its_arguments(kwargs, match):
+    spec = ms.MoESpec(gate="softmax", expert="tanh")
+    G = ms.MixingMeasure(bias=[0.0, 0.0], gate=[[2.0], [0.0]], expert=[[0.5, 1.0], [-0.5, -1.0]])
+    with pytest.raises(ValueError, match=match):
+        ms.profile(spec, G, **kwargs)
+
+
+@pytest.mark.parametrize("r, match", [
+    (-1, "r must be a finite number > 0, got -1"),
+    ("4", "r must be a finite number > 0, got '4'"),
+    ({1: 4}, "keys must be integers >= 2, got \\[1\\]"),
+    ({2: float("nan")}, "r\\[2\\] must be a finite number > 0, got nan"),
+])
+def test_predicted_rates_checks_r(sigmoid_tanh, r, match):
+    spec = ms.MoESpec(gate="softmax", expert="tanh")
+    G = ms.MixingMeasure(bias=[0.0, 0.0], gate=[[2.0], [0.0]], expert=[[0.5, 1.0], [-0.5, -1.0]])
+    with pytest.raises(ValueError, match=match):
+        ms.predicted_rates(spec, G, k=3, r=r)

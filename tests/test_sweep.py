@@ -1,6 +1,8 @@
 """The sweep engine: seeding by address, bit-identical results across workers and backends, resume."""
 
 import functools
+import re
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,11 +10,11 @@ import pandas as pd
 import pytest
 
 from moe_sim import store
-from moe_sim.config import parse_config
+from moe_sim.config import QUANTITY, parse_config
 from moe_sim.fit.result import FitResult
 from moe_sim.measure import MixingMeasure
 from moe_sim.model import regression_function
-from moe_sim.sweep import make_tasks, run_sweep
+from moe_sim.sweep import UnboundedSigmoidWarning, _bar, make_tasks, run_sweep
 
 TINY = {
     "name": "tiny",
@@ -60,6 +62,7 @@ def test_rows_are_tidy_and_complete(exp, tmp_path):
     assert len(per_fit) == 2 * 3 * 5
     assert not rows.duplicated(["series", "n", "replicate", "quantity", "true_atom"]).any()
     assert {"loss", "regression_l2", "objective_gap", "param:expert:max", "param:weight:mean"} <= set(rows.quantity)
+    assert all(QUANTITY.fullmatch(q) for q in set(rows.quantity)), "the config accepts every stored quantity"
     assert set(rows.status) == {"ok", "not_converged"}
     # k = 2 and k = 3 share their data: the truth's objective is the same for both
     truth_obj = rows[rows.quantity == "loss"].pivot_table(index=["n", "replicate"], columns="k",
@@ -136,10 +139,10 @@ def test_sigmoid_regime_2_losses_are_taken_against_g_bar(tmp_path):
         return FitResult(g_bar, 1.0, 1, True, 0.0, "lse", truth_objective=1.0)
 
     exp = parse_config({**TINY, "model": {"gate": "sigmoid", "expert": "tanh"}, "k": 3, "replicates": 2,
-                        "n": [50, 100], "reference": {"n": 500},
+                        "n": [50, 100], "reference": {"n": 500}, "estimator": {"options": {"bounds": 20.0}},
                         "truth": {"bias": [0.0, 0.0], "gate": [[2.0], [-1.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]}})
     rows = store.load_results(run_sweep(exp, tmp_path, fit_fn=fit_g_bar, closest_fn=fake_closest, progress=False))
-    assert calls[0] == {"design": "uniform", "bounds": (-1.0, 1.0), "n": 500}
+    assert calls == [{"design": "uniform", "bounds": (-1.0, 1.0), "n": 500}], "G_bar once per series, not per task"
     np.testing.assert_allclose(rows[rows.quantity == "loss"].value, 0.0, atol=1e-12)
     assert rows.reason.str.contains("G_bar degenerate: atom 2: null atom").all()
     # the regression-function error is still against the truth's f_G*, which G_bar does not reproduce
@@ -151,3 +154,34 @@ def test_analysis_settings_do_not_invalidate_results(exp, tmp_path):
     changed = parse_config({**TINY, "description": "new words", "analysis": {"target_error": 0.1}})
     run_sweep(changed, tmp_path, fit_fn=fake_fit, tasks=make_tasks(exp)[:2], progress=False)
     assert len(store.finished_tasks(tmp_path)) == 2
+
+
+def test_unbounded_sigmoid_series_warn_before_the_run(tmp_path):
+    raw = {**TINY, "model": {"gate": "sigmoid", "expert": "tanh"}, "k": 2,
+           "truth": {"bias": [0.0, 0.0], "gate": [[0.0], [2.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]}}
+    no_gate_box = {"bounds": {"bias": [-3.0, 20.0], "expert": [-20, 20]}}
+    with pytest.warns(UnboundedSigmoidWarning, match="default/k=2: .* without finite bounds on \\['gate'\\]"):
+        run_sweep(parse_config({**raw, "estimator": {"options": no_gate_box}}), tmp_path / "a", fit_fn=fake_fit,
+                  tasks=[], progress=False)
+    bounded = {"bounds": {"bias": [-2.944, 20.0], "gate": [-20, 20], "expert": [-20, 20]}}
+    run_sweep(parse_config({**raw, "estimator": {"options": bounded}}), tmp_path / "b", fit_fn=fake_fit, tasks=[],
+              progress=False)  # no warning: filterwarnings = error would fail the test
+
+
+def test_progress_from_the_start_with_a_message_for_g_bar(tmp_path, capsys):
+    g_bar = MixingMeasure([0.0, 0.0, -2.0], [[3.0], [-3.0], [1.0]], [[1.0, 2.0], [-1.0, -1.0], [0.2, 0.3]])
+    exp = parse_config({**TINY, "model": {"gate": "sigmoid", "expert": "tanh"}, "k": 3, "replicates": 2,
+                        "n": [50, 100], "estimator": {"options": {"bounds": 20.0}},
+                        "truth": {"bias": [0.0, 0.0], "gate": [[2.0], [-1.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]}})
+    closest = lambda *args, **kwargs: SimpleNamespace(measure=g_bar, degenerate=False, issues=())  # noqa: E731
+    run_sweep(exp, tmp_path, fit_fn=fake_fit, closest_fn=closest, progress=True)
+    err = capsys.readouterr().err
+    assert "computing the reference measure G_bar (closest_measure) of default/k=3" in err
+    assert "tiny: 100%" in err and "4/4" in err, "the bar counts fits"
+
+
+def test_the_bar_ticks_while_no_task_finishes(capsys):
+    """A long first task (G_bar, or the largest n) still shows elapsed time every second."""
+    with _bar(3, "tiny", "fit", progress=True):
+        time.sleep(2.5)
+    assert re.search(r"tiny:   0%\| +\| 0/3 \[00:01<", capsys.readouterr().err), "redrawn at 1 s, not only at the end"

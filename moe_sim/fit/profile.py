@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
+from .. import checks
 from ..measure import MixingMeasure, MoESpec
 from ..model import regression_function
 from ..sample import draw_design
@@ -148,6 +149,15 @@ def profile(
     "equispaced" for d = 1 and "uniform" otherwise. split_scale=False keeps the pair of a scaled family at
     one outer scale eta_2 (module docstring).
     """
+    checks.number("sigma", sigma, low=0.0, strict=True)
+    checks.number("visible_delta", visible_delta, low=0.0, strict=True)
+    for delta in np.ravel(deltas):
+        checks.number("every delta", delta, low=0.0, strict=True)
+    if np.ndim(n_range) != 1 or len(n_range) != 2:
+        raise ValueError(f"n_range must be (n_min, n_max), got {n_range!r}")
+    if checks.number("n_range[0]", n_range[0], low=0.0, strict=True) >= checks.number("n_range[1]", n_range[1]):
+        raise ValueError(f"n_range must be (n_min, n_max) with n_min < n_max, got {n_range!r}")
+    checks.positive_int("n", n)
     if spec.likelihood != "regression":
         raise ValueError(f"profile needs likelihood='regression', got {spec.likelihood!r}")
     spec.check_measure(G_true, "G_true")
