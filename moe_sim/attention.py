@@ -1,0 +1,430 @@
+"""Attention rows as mixtures of experts, with the parameters tied the way attention ties them (issue 13).
+
+A sequence holds N tokens x_1..x_N in R^d. Row i of one head is sum_j g_j(x) v^T x_j, the gate g (any `Gate`)
+taken over the N scores x_i^T W x_j / sqrt(d), with W free (d x d) or W = W_Q W_K^T of rank r <= d; H heads
+add up. Read as an MoE (THEORY.md s1), a head is N linear experts v^T E_j xbar under a partially quadratic gate
+on the stacked tokens xbar in R^{N d}: `moe_form` builds it, and the tests check it against `row_output`.
+
+Sequences are arrays X of shape (n, N, d). Parameters are `AttentionParams`; `AttentionSpec.to_vector` and
+`from_vector` give the flat layout of the least-squares fit (`objective`, `local_solve`, `draw_start`,
+`fit_student`). `head_errors` and `function_error` measure a fit in coordinates the row identifies (the
+score matrix W, not W_Q and W_K; heads matched like Voronoi cells), and `fit_replicate` runs one
+(teacher, student, n, replicate) fit and returns tidy rows: the unit of the attention experiments.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment, minimize
+
+from .gates import BiasedSigmoid, FixedMask, Gate, NormalisedSigmoid, Sigmoid, Softmax, TopKSoftmax
+from .measure import MixingMeasure, MoESpec
+from .model import Forward, regression_function
+from .sample import draw_design
+
+Array = np.ndarray
+
+ATTENTION_GATES = ("softmax", "sigmoid", "sigmoid_logn", "normalised_sigmoid", "top_k", "band")
+DESIGNS = ("gaussian", "uniform", "repeated")
+
+
+def _positive_int(name: str, value, allowed: str = "an integer >= 1") -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return int(value)
+
+
+def attention_gate(kind: str, N: int, row: int = 0, top_k: int | None = None, width: int | None = None) -> Gate:
+    """The gate of row `row` over N tokens: softmax; sigmoid (b = 0); sigmoid_logn (b = -log N, sigmoid
+    attention); normalised_sigmoid; top_k (softmax over the top_k largest scores); band (softmax over the
+    tokens j with |row - j| <= width)."""
+    if kind not in ATTENTION_GATES:
+        raise ValueError(f"kind={kind!r} is not allowed; choose one of {', '.join(map(repr, ATTENTION_GATES))}")
+    N = _positive_int("N", N)
+    if (top_k is not None) != (kind == "top_k") or (width is not None) != (kind == "band"):
+        raise ValueError(f"kind={kind!r} takes {'top_k' if kind == 'top_k' else 'width' if kind == 'band' else 'no'}"
+                         f" parameter; got top_k={top_k!r}, width={width!r}")
+    if kind == "top_k":
+        gate = TopKSoftmax(top_k)
+        if gate.top_k > N:
+            raise ValueError(f"top_k must be at most the N={N} tokens, got {top_k}")
+        return gate
+    if kind == "band":
+        return FixedMask.band(row, width, N)
+    return {"softmax": Softmax(), "sigmoid": Sigmoid(), "sigmoid_logn": BiasedSigmoid.for_length(N),
+            "normalised_sigmoid": NormalisedSigmoid()}[kind]
+
+
+def _as_array(name: str, value, ndim: int) -> Array:
+    arr = np.array(value, dtype=float)
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains NaN or inf")
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True)
+class AttentionParams:
+    """H heads: value vectors v (H, d) and either score matrices W (H, d, d) or query and key maps Q, K
+    (H, d, r), W = Q K^T."""
+
+    v: Array
+    W: Array | None = None
+    Q: Array | None = None
+    K: Array | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "v", _as_array("v", self.v, 2))
+        if (self.W is None) == (self.Q is None or self.K is None) or (self.Q is None) != (self.K is None):
+            raise ValueError("give either W or both Q and K")
+        for name in ("W", "Q", "K"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _as_array(name, getattr(self, name), 3))
+
+    @property
+    def heads(self) -> int:
+        return self.v.shape[0]
+
+    def score_matrices(self) -> Array:
+        """W (H, d, d), the parameters the row identifies (W_Q and W_K only up to W_Q A, W_K A^-T)."""
+        return self.W if self.W is not None else self.Q @ np.swapaxes(self.K, 1, 2)
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Row `row` of H-head attention over N tokens in R^d with the gate `gate` (see `attention_gate`);
+    rank None parametrises each head's W freely, rank r as W_Q W_K^T with W_Q, W_K in R^{d x r}."""
+
+    N: int
+    d: int
+    gate: Gate
+    row: int = 0
+    heads: int = 1
+    rank: int | None = None
+
+    def __post_init__(self):
+        N = _positive_int("N", self.N, "an integer >= 1 (tokens per sequence)")
+        _positive_int("d", self.d, "an integer >= 1 (token dimension)")
+        _positive_int("heads", self.heads)
+        if isinstance(self.row, bool) or not isinstance(self.row, (int, np.integer)) or not 0 <= self.row < N:
+            raise ValueError(f"row must be a token index, 0 <= row <= {N - 1}, got {self.row!r}")
+        if self.rank is not None:
+            _positive_int("rank", self.rank, f"None (W free) or an integer with 1 <= rank <= d={self.d}")
+            if self.rank > self.d:
+                raise ValueError(f"rank must be None (W free) or an integer with 1 <= rank <= d={self.d}, "
+                                 f"got {self.rank}")
+        if not isinstance(self.gate, Gate):
+            raise ValueError(f"gate must be a Gate (see attention_gate), got {type(self.gate).__name__}")
+        for gate in (self.gate, getattr(self.gate, "base", None)):
+            if isinstance(gate, TopKSoftmax) and gate.top_k > N:
+                raise ValueError(f"gate keeps top_k={gate.top_k} tokens but N={N}; allowed: 1 <= top_k <= {N}")
+        if isinstance(self.gate, FixedMask) and self.gate.allowed[-1] >= N:
+            raise ValueError(f"gate mask allows tokens {self.gate.allowed}, beyond the N={N} tokens (a band wider "
+                             f"than the sequence); allowed: indices 0..{N - 1}")
+
+    @property
+    def n_params(self) -> int:
+        score = self.d * self.d if self.rank is None else 2 * self.d * self.rank
+        return self.heads * (score + self.d)
+
+    def to_vector(self, params: AttentionParams) -> Array:
+        """Flat layout: every head's W (or Q, then K), then every head's v."""
+        self.check_params(params)
+        blocks = [params.W] if self.rank is None else [params.Q, params.K]
+        return np.concatenate([b.ravel() for b in blocks] + [params.v.ravel()])
+
+    def from_vector(self, theta: Array) -> AttentionParams:
+        theta = np.asarray(theta, dtype=float)
+        if theta.shape != (self.n_params,):
+            raise ValueError(f"theta must have shape ({self.n_params},), got {theta.shape}")
+        H, d = self.heads, self.d
+        v = theta[-H * d:].reshape(H, d)
+        if self.rank is None:
+            return AttentionParams(v, W=theta[: H * d * d].reshape(H, d, d))
+        Q, K = np.split(theta[: -H * d], 2)
+        return AttentionParams(v, Q=Q.reshape(H, d, self.rank), K=K.reshape(H, d, self.rank))
+
+    def check_params(self, params: AttentionParams, name: str = "params") -> AttentionParams:
+        """Raise a ValueError unless params has this spec's heads, dimension and parametrisation."""
+        if not isinstance(params, AttentionParams):
+            raise ValueError(f"{name} must be AttentionParams, got {type(params).__name__}")
+        H, d = self.heads, self.d
+        if params.v.shape != (H, d):
+            raise ValueError(f"{name}.v has shape {params.v.shape}; heads={H}, d={d} need {(H, d)}")
+        if self.rank is None and (params.W is None or params.W.shape != (H, d, d)):
+            raise ValueError(f"{name} needs W of shape {(H, d, d)} for rank=None")
+        if self.rank is not None and (params.Q is None or params.Q.shape != (H, d, self.rank)
+                                      or params.K.shape != (H, d, self.rank)):
+            raise ValueError(f"{name} needs Q and K of shape {(H, d, self.rank)} for rank={self.rank}")
+        return params
+
+    def check_sequences(self, X) -> Array:
+        X = np.asarray(X, dtype=float)
+        if X.ndim != 3 or X.shape[1:] != (self.N, self.d) or X.shape[0] < 1:
+            raise ValueError(f"X must have shape (n, N={self.N}, d={self.d}) with n >= 1, got {X.shape}")
+        if not np.all(np.isfinite(X)):
+            raise ValueError("X contains NaN or inf")
+        return X
+
+
+def check_pair(teacher: AttentionSpec, student: AttentionSpec) -> None:
+    """A student must read the teacher's sequences and row: same N, d and row (gate, heads, rank may differ)."""
+    for field in ("N", "d", "row"):
+        if getattr(teacher, field) != getattr(student, field):
+            raise ValueError(f"student {field}={getattr(student, field)} differs from teacher "
+                             f"{field}={getattr(teacher, field)}; allowed: the teacher's value")
+
+
+def draw_sequences(spec: AttentionSpec, n: int, rng=None, design: str = "gaussian", bounds=(-1.0, 1.0)) -> Array:
+    """n sequences (n, N, d). gaussian: standard normal tokens; uniform: tokens uniform on the box `bounds`;
+    repeated: each sequence draws ceil(N/2) standard normal tokens and fills its N positions with them at
+    random, so tokens repeat (and scores tie exactly)."""
+    if design not in DESIGNS:
+        raise ValueError(f"design={design!r} is not allowed; choose one of {', '.join(map(repr, DESIGNS))}")
+    n = _positive_int("n", n)
+    rng = np.random.default_rng(rng)
+    N, d = spec.N, spec.d
+    if design == "gaussian":
+        return rng.standard_normal((n, N, d))
+    if design == "uniform":
+        return draw_design("uniform", n * N, d, rng, bounds).reshape(n, N, d)
+    pool = rng.standard_normal((n, -(-N // 2), d))
+    return np.take_along_axis(pool, rng.integers(pool.shape[1], size=(n, N))[:, :, None], axis=1)
+
+
+def double_sequences(X: Array) -> Array:
+    """Each sequence concatenated with itself (n, 2N, d): softmax rows are invariant to it."""
+    return np.concatenate([X, X], axis=1)
+
+
+def draw_params(spec: AttentionSpec, rng=None, scale: float = 1.0) -> AttentionParams:
+    """Random heads, drawn from the spec alone (truth-free): scores x_i^T W x_j / sqrt(d) of standard deviation
+    about `scale` for standard normal tokens (W entries N(0, scale^2 / d), or Q, K entries N(0, scale / sqrt(r d)))
+    and values v^T x of standard deviation about 1 (v entries N(0, 1 / d))."""
+    rng = np.random.default_rng(rng)
+    H, d = spec.heads, spec.d
+    v = rng.normal(scale=1 / np.sqrt(d), size=(H, d))
+    if spec.rank is None:
+        return AttentionParams(v, W=rng.normal(scale=scale / np.sqrt(d), size=(H, d, d)))
+    sd = np.sqrt(scale / np.sqrt(spec.rank * d))
+    return AttentionParams(v, Q=rng.normal(scale=sd, size=(H, d, spec.rank)),
+                           K=rng.normal(scale=sd, size=(H, d, spec.rank)))
+
+
+def _heads(spec: AttentionSpec, params: AttentionParams, X: Array) -> list[Forward]:
+    """Each head's forward pass in the model's atoms-major layout: gates g and values h = v^T x_j, (N, n)."""
+    out = []
+    for W, v in zip(params.score_matrices(), params.v):
+        z = np.ascontiguousarray(np.einsum("sa,sja->js", X[:, spec.row] @ W, X)) / np.sqrt(spec.d)
+        g = spec.gate.gates(z)
+        h = np.ascontiguousarray(np.einsum("sja,a->js", X, v))
+        gh = g * h
+        out.append(Forward(g, h, h, gh, gh.sum(axis=0)))
+    return out
+
+
+def row_output(spec: AttentionSpec, params: AttentionParams, X) -> Array:
+    """The row's output for each sequence, (n,): the attention formula, head by head."""
+    X = spec.check_sequences(X)
+    spec.check_params(params)
+    return sum(fw.f for fw in _heads(spec, params, X))
+
+
+def row_gates(spec: AttentionSpec, params: AttentionParams, X) -> Array:
+    """The row's gate values (H, N, n); their sum over tokens is the row sum of the attention matrix."""
+    X = spec.check_sequences(X)
+    spec.check_params(params)
+    return np.stack([fw.g for fw in _heads(spec, params, X)])
+
+
+def _vjp(spec: AttentionSpec, params: AttentionParams, X: Array, heads: list[Forward], weights: Array) -> Array:
+    """sum_s weights_s d f(X_s) / d theta in the `to_vector` layout, from the heads' forward passes."""
+    dW, dv = [], []
+    for fw in heads:
+        gv = fw.g * weights
+        dz = spec.gate.logit_pullback(fw, gv, np.empty_like(gv))  # weights_s d f_s / d score_js
+        dW.append(X[:, spec.row].T @ np.einsum("js,sjb->sb", dz, X) / np.sqrt(spec.d))
+        dv.append(np.einsum("js,sja->a", gv, X))
+    dW = np.stack(dW)
+    if spec.rank is None:
+        blocks = [dW]
+    else:  # W = Q K^T: dQ = dW K, dK = dW^T Q
+        blocks = [dW @ params.K, np.swapaxes(dW, 1, 2) @ params.Q]
+    return np.concatenate([b.ravel() for b in blocks] + [np.ravel(dv)])
+
+
+def row_vjp(spec: AttentionSpec, params: AttentionParams, X, weights) -> Array:
+    """sum_s weights_s d f(X_s) / d theta: the gradient of any loss whose derivative in f is `weights` (n,)."""
+    X = spec.check_sequences(X)
+    spec.check_params(params)
+    return _vjp(spec, params, X, _heads(spec, params, X), np.asarray(weights, dtype=float))
+
+
+def sample_rows(spec: AttentionSpec, params: AttentionParams, n: int, rng=None, noise_sd: float = 0.1,
+                design: str = "gaussian") -> tuple[Array, Array]:
+    """(X, y) from a teacher: n sequences of the design and y = row output + noise_sd * N(0, 1)."""
+    if not (np.isfinite(noise_sd) and noise_sd >= 0):
+        raise ValueError(f"noise_sd must be a non-negative number, got {noise_sd!r}")
+    rng = np.random.default_rng(rng)
+    X = draw_sequences(spec, n, rng, design)
+    return X, row_output(spec, params, X) + noise_sd * rng.standard_normal(X.shape[0])
+
+
+def moe_form(spec: AttentionSpec, params: AttentionParams) -> tuple[MoESpec, list[MixingMeasure]]:
+    """The row as moe_sim MoEs on xbar = X.reshape(n, N d), one N-atom measure per head (the row is their
+    sum): a partially quadratic score with coefficients of xbar^T E_i^T W E_j xbar / sqrt(d) for atom j, and
+    the linear expert v^T E_j xbar (E_j selects token j). Atom biases are 0: a fixed bias lives in the gate."""
+    spec.check_params(params)
+    N, d, i = spec.N, spec.d, spec.row
+    D = N * d
+    iu, ju = np.triu_indices(D)
+    measures = []
+    for W, v in zip(params.score_matrices(), params.v):
+        scores, experts = [], np.zeros((N, 1 + D))
+        for j in range(N):
+            M = np.zeros((D, D))
+            M[i * d:(i + 1) * d, j * d:(j + 1) * d] = W / np.sqrt(d)
+            scores.append(np.where(iu == ju, M[iu, ju], M[iu, ju] + M[ju, iu]))  # monomial xbar_u xbar_v, u <= v
+            experts[j, 1 + j * d:1 + (j + 1) * d] = v
+        measures.append(MixingMeasure(np.zeros(N), np.stack(scores), experts))
+    return MoESpec(gate=spec.gate, score="partial_quadratic", expert="linear", d=D), measures
+
+
+def moe_output(spec: AttentionSpec, params: AttentionParams, X) -> Array:
+    """The row through its MoE form: the sum over heads of `regression_function` on the stacked tokens."""
+    X = spec.check_sequences(X)
+    moe, measures = moe_form(spec, params)
+    xbar = X.reshape(X.shape[0], -1)
+    return sum(regression_function(moe, G, xbar) for G in measures)
+
+
+def objective(theta: Array, spec: AttentionSpec, X: Array, y: Array) -> tuple[float, Array]:
+    """Mean squared error over sequences, (1/n) sum_s (y_s - f(X_s))^2, and its gradient in theta."""
+    params = spec.from_vector(theta)
+    heads = _heads(spec, params, X)
+    resid = y - sum(fw.f for fw in heads)
+    return float(resid @ resid) / len(y), _vjp(spec, params, X, heads, -2.0 * resid / len(y))
+
+
+class LocalFit(NamedTuple):
+    """One local solve: where it ended, the mean squared error there, the largest absolute gradient entry,
+    L-BFGS-B's iterations, whether the gradient certificate holds, and why not."""
+
+    theta: Array
+    objective: float
+    grad_norm: float
+    n_iter: int
+    converged: bool
+    reason: str
+
+
+def local_solve(spec: AttentionSpec, X, y, theta0, gtol: float = 1e-9, max_iter: int = 5000) -> LocalFit:
+    """L-BFGS-B from theta0 on `objective`. Converged means the gradient's largest entry is at most gtol: a
+    criterion that does not scale with n (the objective is a mean), unlike a relative decrease (THEORY.md s7);
+    the decrease test (ftol 1e-15) only stops solves that can no longer move."""
+    X = spec.check_sequences(X)
+    y = np.asarray(y, dtype=float)
+    if y.shape != (X.shape[0],):
+        raise ValueError(f"y must have shape ({X.shape[0]},) to match X, got {y.shape}")
+    res = minimize(objective, np.asarray(theta0, dtype=float), args=(spec, X, y), jac=True, method="L-BFGS-B",
+                   options={"maxiter": max_iter, "ftol": 1e-15, "gtol": gtol, "maxcor": 20})
+    grad_norm = float(np.max(np.abs(res.jac)))
+    converged = bool(grad_norm <= gtol and np.isfinite(res.fun))
+    return LocalFit(res.x, float(res.fun), grad_norm, int(res.nit), converged,
+                    "" if converged else f"gradient {grad_norm:.2e} > gtol {gtol:.0e}: {res.message}")
+
+
+def draw_start(spec: AttentionSpec, rng, scale: float = 1.0) -> Array:
+    """A truth-free start: `draw_params` as a flat vector."""
+    return spec.to_vector(draw_params(spec, rng, scale))
+
+
+@dataclass
+class StudentFit:
+    """The best of several local solves, with every solve kept (in start order)."""
+
+    params: AttentionParams
+    best: LocalFit
+    starts: list[LocalFit]
+
+
+def fit_student(spec: AttentionSpec, X, y, n_starts: int = 8, rng=None, scale: float = 1.0,
+                **solve_options) -> StudentFit:
+    """Least squares by the best of n_starts truth-free random starts (`draw_start`, `local_solve`)."""
+    n_starts = _positive_int("n_starts", n_starts)
+    rng = np.random.default_rng(rng)
+    starts = [local_solve(spec, X, y, draw_start(spec, rng, scale), **solve_options) for _ in range(n_starts)]
+    best = min(starts, key=lambda fit: fit.objective)
+    return StudentFit(spec.from_vector(best.theta), best, starts)
+
+
+def head_errors(student_spec: AttentionSpec, student: AttentionParams, teacher_spec: AttentionSpec,
+                teacher: AttentionParams) -> list[dict]:
+    """Per teacher head j, the error of the student heads matched to it, in the coordinates the row identifies:
+    the score matrix W (not W_Q, W_K) and v. Heads are matched one to one (Hungarian, on ||dW||_F + ||dv||)
+    when the student has no more heads than the teacher, else in Voronoi cells (each student head to its
+    nearest teacher head). W_error is the largest ||W_i - W*_j||_F over the cell (NaN for an empty cell);
+    v_error is ||sum_{i in cell} v_i - v*_j||, since heads with one W act through the sum of their v."""
+    check_pair(teacher_spec, student_spec)
+    student_spec.check_params(student, "student")
+    teacher_spec.check_params(teacher, "teacher")
+    Ws, Wt = student.score_matrices(), teacher.score_matrices()
+    dW = np.linalg.norm(Ws[:, None] - Wt[None], axis=(2, 3))
+    cost = dW + np.linalg.norm(student.v[:, None] - teacher.v[None], axis=2)
+    if student.heads <= teacher.heads:
+        rows, cols = linear_sum_assignment(cost)
+        cell_of = dict(zip(rows, cols))
+    else:
+        cell_of = dict(enumerate(np.argmin(cost, axis=1)))
+    out = []
+    for j in range(teacher.heads):
+        cell = [i for i, c in cell_of.items() if c == j]
+        out.append({
+            "head": j,
+            "cell_size": len(cell),
+            "W_error": float(max(dW[cell, j])) if cell else float("nan"),
+            "v_error": float(np.linalg.norm(student.v[cell].sum(axis=0) - teacher.v[j])),
+        })
+    return out
+
+
+def function_error(student_spec: AttentionSpec, student: AttentionParams, teacher_spec: AttentionSpec,
+                   teacher: AttentionParams, X) -> float:
+    """Root mean square of the student's minus the teacher's row output on the sequences X (fresh ones)."""
+    check_pair(teacher_spec, student_spec)
+    diff = row_output(student_spec, student, X) - row_output(teacher_spec, teacher, X)
+    return float(np.sqrt(np.mean(diff**2)))
+
+
+def fit_replicate(teacher_spec: AttentionSpec, teacher: AttentionParams, student_spec: AttentionSpec, n: int,
+                  replicate: int, seed: int = 0, noise_sd: float = 0.1, design: str = "gaussian",
+                  n_starts: int = 8, n_test: int = 2000, **solve_options) -> list[dict]:
+    """One replicate: draw n sequences from the teacher, fit the student (best of n_starts truth-free starts)
+    and return one tidy row per teacher head with the head errors, the function error on n_test fresh
+    sequences, the fit's objective and certificate, and the teacher's objective on the same sample. The
+    data, starts and test sequences come from the seed sequence (seed, n, replicate)."""
+    check_pair(teacher_spec, student_spec)
+    teacher_spec.check_params(teacher, "teacher")
+    t0 = time.perf_counter()
+    rng = np.random.default_rng([seed, n, replicate])
+    X, y = sample_rows(teacher_spec, teacher, n, rng, noise_sd, design)
+    fit = fit_student(student_spec, X, y, n_starts, rng, **solve_options)
+    resid = y - row_output(teacher_spec, teacher, X)
+    common = {
+        "teacher_gate": teacher_spec.gate.name, "student_gate": student_spec.gate.name,
+        "N": teacher_spec.N, "d": teacher_spec.d, "teacher_heads": teacher_spec.heads,
+        "student_heads": student_spec.heads, "n": n, "replicate": replicate, "design": design,
+        "noise_sd": noise_sd, "objective": fit.best.objective, "truth_objective": float(resid @ resid) / n,
+        "grad_norm": fit.best.grad_norm, "converged": fit.best.converged, "n_starts": n_starts,
+        "function_error": function_error(student_spec, fit.params, teacher_spec, teacher,
+                                         draw_sequences(teacher_spec, n_test, rng, design)),
+    }
+    runtime = time.perf_counter() - t0
+    return [{**common, **errors, "runtime_s": runtime}
+            for errors in head_errors(student_spec, fit.params, teacher_spec, teacher)]
