@@ -264,3 +264,15 @@ def test_normalised_sigmoid_is_registered_and_has_the_sigmoid_regimes():
 def test_bad_gate_parameters_name_the_parameter_the_value_and_what_is_allowed(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+@pytest.mark.parametrize("gate", [TopKSoftmax(2), NormalisedSigmoid(), BiasedSigmoid(-1.0), FixedMask((0, 2)),
+                                  FixedMask((0, 1), Sigmoid())], ids=lambda g: g.name)
+def test_new_gates_work_in_the_estimator_and_the_losses(gate):
+    spec = ms.MoESpec(gate=gate, expert="tanh")
+    G = ms.MixingMeasure([0.0, 0.5, -0.5], [[2.0], [-1.0], [0.5]], [[1.0, 1.0], [-1.0, 0.5], [0.5, -2.0]])
+    X, y = ms.sample(spec, G, 300, 0, noise_sd=0.1)
+    result = ms.fit(spec, X, y, 3, rng=1, G_true=G)
+    assert result.converged and not result.worse_than_truth
+    assert ms.voronoi_loss(spec, G, G) == 0.0
+    assert np.isfinite(ms.voronoi_loss(spec, result.measure, G))
