@@ -50,14 +50,22 @@ def attention_gate(kind: str, N: int, row: int = 0, top_k: int | None = None, wi
         raise ValueError(f"kind={kind!r} takes {'top_k' if kind == 'top_k' else 'width' if kind == 'band' else 'no'}"
                          f" parameter; got top_k={top_k!r}, width={width!r}")
     if kind == "top_k":
-        gate = TopKSoftmax(top_k)
-        if gate.top_k > N:
-            raise ValueError(f"top_k must be at most the N={N} tokens, got {top_k}")
-        return gate
+        return _check_gate_fits(TopKSoftmax(top_k), N)
     if kind == "band":
         return FixedMask.band(row, width, N)
     return {"softmax": Softmax(), "sigmoid": Sigmoid(), "sigmoid_logn": BiasedSigmoid.for_length(N),
             "normalised_sigmoid": NormalisedSigmoid()}[kind]
+
+
+def _check_gate_fits(gate: Gate, N: int) -> Gate:
+    """Refuse a gate that keeps more tokens than N (top-K) or masks tokens beyond N (a band wider than N)."""
+    for top in (gate, getattr(gate, "base", None)):
+        if isinstance(top, TopKSoftmax) and top.top_k > N:
+            raise ValueError(f"gate keeps top_k={top.top_k} tokens but N={N}; allowed: 1 <= top_k <= {N}")
+    if isinstance(gate, FixedMask) and gate.allowed[-1] >= N:
+        raise ValueError(f"gate mask allows tokens {gate.allowed}, beyond the N={N} tokens (a band wider than the "
+                         f"sequence); allowed: indices 0..{N - 1}")
+    return gate
 
 
 def _as_array(name: str, value, ndim: int) -> Array:
@@ -122,12 +130,7 @@ class AttentionSpec:
                                  f"got {self.rank}")
         if not isinstance(self.gate, Gate):
             raise ValueError(f"gate must be a Gate (see attention_gate), got {type(self.gate).__name__}")
-        for gate in (self.gate, getattr(self.gate, "base", None)):
-            if isinstance(gate, TopKSoftmax) and gate.top_k > N:
-                raise ValueError(f"gate keeps top_k={gate.top_k} tokens but N={N}; allowed: 1 <= top_k <= {N}")
-        if isinstance(self.gate, FixedMask) and self.gate.allowed[-1] >= N:
-            raise ValueError(f"gate mask allows tokens {self.gate.allowed}, beyond the N={N} tokens (a band wider "
-                             f"than the sequence); allowed: indices 0..{N - 1}")
+        _check_gate_fits(self.gate, N)
 
     @property
     def n_params(self) -> int:
@@ -378,8 +381,10 @@ def head_errors(student_spec: AttentionSpec, student: AttentionParams, teacher_s
     """Per teacher head j, the error of the student heads matched to it, in the coordinates the row identifies:
     the score matrix W (not W_Q, W_K) and v. Heads are matched one to one (Hungarian, on ||dW||_F + ||dv||)
     when the student has no more heads than the teacher, else in Voronoi cells (each student head to its
-    nearest teacher head). W_error is the largest ||W_i - W*_j||_F over the cell (NaN for an empty cell);
-    v_error is ||sum_{i in cell} v_i - v*_j||, since heads with one W act through the sum of their v."""
+    nearest teacher head). W_error is the largest ||W_i - W*_j||_F over the cell and W_error_weighted its
+    average weighted by ||v_i|| (a head with a vanishing v is a null head whose W the data cannot see; THEORY.md
+    s7 asks for both), NaN for an empty cell; v_error is ||sum_{i in cell} v_i - v*_j||, since heads with one
+    W act through the sum of their v."""
     check_pair(teacher_spec, student_spec)
     student_spec.check_params(student, "student")
     teacher_spec.check_params(teacher, "teacher")
@@ -391,6 +396,7 @@ def head_errors(student_spec: AttentionSpec, student: AttentionParams, teacher_s
         cell_of = dict(zip(rows, cols))
     else:
         cell_of = dict(enumerate(np.argmin(cost, axis=1)))
+    size = np.linalg.norm(student.v, axis=1)
     out = []
     for j in range(teacher.heads):
         cell = [i for i, c in cell_of.items() if c == j]
@@ -398,6 +404,7 @@ def head_errors(student_spec: AttentionSpec, student: AttentionParams, teacher_s
             "head": j,
             "cell_size": len(cell),
             "W_error": float(max(dW[cell, j])) if cell else float("nan"),
+            "W_error_weighted": float(size[cell] @ dW[cell, j] / size[cell].sum()) if cell else float("nan"),
             "v_error": float(np.linalg.norm(student.v[cell].sum(axis=0) - teacher.v[j])),
         })
     return out

@@ -182,7 +182,12 @@ def test_head_errors_match_heads_one_to_one_or_in_voronoi_cells():
     student = AttentionParams(v, Q=teacher.W[[0, 1, 0]], K=np.broadcast_to(np.eye(D), (3, D, D)))  # W = Q I
     rows = head_errors(wide, student, spec, teacher)
     assert [r["cell_size"] for r in rows] == [2, 1]
-    np.testing.assert_allclose([[r["W_error"], r["v_error"]] for r in rows], 0.0, atol=1e-12)
+    np.testing.assert_allclose([[r["W_error"], r["W_error_weighted"], r["v_error"]] for r in rows], 0.0, atol=1e-12)
+    # a null head (v = 0) far from the teacher counts in the worst W error, not in the v-weighted one
+    far = AttentionParams(np.vstack([teacher.v, np.zeros((1, D))]), W=np.concatenate([teacher.W, teacher.W[:1] + 3.0]))
+    rows = head_errors(AttentionSpec(N, D, spec.gate, row=ROW, heads=3), far, spec, teacher)
+    assert [r["cell_size"] for r in rows] == [2, 1]
+    np.testing.assert_allclose([rows[0]["W_error"], rows[0]["W_error_weighted"]], [6.0, 0.0], atol=1e-12)
     X = draw_sequences(spec, 20, 15)
     assert function_error(wide, student, spec, teacher, X) <= 1e-12
 
@@ -211,7 +216,7 @@ def test_fit_replicate_returns_one_tidy_row_per_teacher_head():
     (lambda: AttentionSpec(3, 0, Softmax()), r"d must be an integer >= 1 \(token dimension\), got 0"),
     (lambda: AttentionSpec(3, 2, TopKSoftmax(4)), r"top_k=4 tokens but N=3; allowed: 1 <= top_k <= 3"),
     (lambda: AttentionSpec(3, 2, FixedMask((1,), TopKSoftmax(4))), r"top_k=4 tokens but N=3"),
-    (lambda: attention_gate("top_k", 3, top_k=4), r"top_k must be at most the N=3 tokens, got 4"),
+    (lambda: attention_gate("top_k", 3, top_k=4), r"gate keeps top_k=4 tokens but N=3; allowed: 1 <= top_k <= 3"),
     (lambda: AttentionSpec(3, 2, FixedMask.band(0, 4, 6)), r"beyond the N=3 tokens \(a band wider than the "
                                                             r"sequence\); allowed: indices 0..2"),
     (lambda: attention_gate("band", 3, width=3), r"width must be an integer with 0 <= width <= 2"),
