@@ -169,7 +169,9 @@ class TopKSoftmax(Softmax):
     Tie rule: at equal logits the lower atom index ranks first (a stable sort of -z), so the selection is a
     deterministic function of z. The gate is smooth wherever the K-th and (K+1)-th logits differ, and there its
     gradient is softmax's on the selected atoms and 0 elsewhere, which is what `logit_pullback` (inherited)
-    returns. weight(c) = exp(c) is an atom's weight before the truncation: with constant scores the gate of a
+    returns. Where they cross, f = sum_i g_i h_i jumps by the crossing atoms' gate times the difference of their
+    experts (K < k): least squares over top-K gates is piecewise smooth with jumps, so a gradient certificate
+    may not be reachable at its minimum. weight(c) = exp(c) is an atom's weight before the truncation: with constant scores the gate of a
     selected atom is its exp(c) over the sum of the K largest. Translation invariant: a common shift keeps
     both the order and the softmax. K larger than the number of atoms is refused when the gate is evaluated.
     """

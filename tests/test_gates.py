@@ -276,3 +276,13 @@ def test_new_gates_work_in_the_estimator_and_the_losses(gate):
     assert result.converged and not result.worse_than_truth
     assert ms.voronoi_loss(spec, G, G) == 0.0
     assert np.isfinite(ms.voronoi_loss(spec, result.measure, G))
+
+
+def test_top_k_regression_function_jumps_where_the_kth_and_next_logits_cross():
+    """Constant scores: atoms 1 and 2 compete for the second place; at the tie atom 1 (the lower index) wins."""
+    spec = ms.MoESpec(gate=TopKSoftmax(2), expert="constant")
+    experts = [[0.0], [1.0], [-1.0]]
+    f = {c: ms.regression_function(spec, ms.MixingMeasure([1.0, 0.0, c], [[0.0]] * 3, experts), [0.0])[0]
+         for c in (-1e-12, 0.0, 1e-12)}
+    second = 1.0 / (np.e + 1.0)  # the gate of the second place, whichever atom holds it
+    np.testing.assert_allclose([f[-1e-12], f[0.0], f[1e-12]], [second, second, -second], rtol=1e-9)
