@@ -424,7 +424,8 @@ def fit_replicate(teacher_spec: AttentionSpec, teacher: AttentionParams, student
     """One replicate: draw n sequences from the teacher, fit the student (best of n_starts truth-free starts)
     and return one tidy row per teacher head with the head errors, the function error on n_test fresh
     sequences, the fit's objective and certificate, and the teacher's objective on the same sample. The
-    data, starts and test sequences come from the seed sequence (seed, n, replicate)."""
+    data, starts and test sequences come from the seed sequence (seed, n, replicate), so students of another
+    gate fitted with the same seed see the same sample (THEORY.md s3, comparison (b))."""
     check_pair(teacher_spec, student_spec)
     teacher_spec.check_params(teacher, "teacher")
     t0 = time.perf_counter()

@@ -267,3 +267,12 @@ def test_local_solve_certifies_by_the_gradient_and_says_why_when_it_cannot():
     capped = ms.attention.local_solve(spec, X, y, theta0, max_iter=3)
     assert not capped.converged and capped.n_iter <= 3 and capped.grad_norm > 1e-8
     assert capped.reason.startswith(f"gradient {capped.grad_norm:.2e} > gtol 1e-08")
+
+
+def test_students_of_other_gates_fitted_with_one_seed_see_the_same_sample():
+    teacher_spec = AttentionSpec(3, 2, Softmax())
+    teacher = draw_params(teacher_spec, 20)
+    rows = [fit_replicate(teacher_spec, teacher, AttentionSpec(3, 2, attention_gate(kind, 3)), 40, 0, seed=2,
+                          n_starts=1, n_test=50)[0] for kind in ("softmax", "sigmoid_logn")]
+    assert rows[0]["truth_objective"] == rows[1]["truth_objective"]
+    assert rows[0]["objective"] != rows[1]["objective"]
