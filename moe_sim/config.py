@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .fit.estimators import make_estimator
+from .fit.init import start_plan
 from .measure import MixingMeasure, MoESpec
 from .model import regression_function
 from .sample import DESIGNS
@@ -40,7 +42,7 @@ TOP_KEYS = {
     "n": "sample sizes: a list of integers, or a table {start, stop, num} for a geometric grid",
     "replicates": "replicates per (series, n): a positive integer",
     "chunk": "replicates per task: a positive integer",
-    "estimator": "table: method, init, n_starts, options, backend ('numpy' | 'torch')",
+    "estimator": "table: method, init, n_starts, options (the estimator's settings), backend ('numpy')",
     "seed": "seed entropy: a non-negative integer",
     "loss": f"Voronoi loss kind: one of {', '.join(LOSS_KINDS)}",
     "eval_n": "size of the fresh evaluation design for the regression-function error",
@@ -52,9 +54,9 @@ TOP_KEYS = {
 MODEL_KEYS = ("gate", "score", "expert", "d", "likelihood", "degree", "temperature")
 TRUTH_KEYS = ("bias", "gate", "expert", "var")
 ESTIMATOR_KEYS = ("method", "init", "n_starts", "options", "backend")
-FIT_BACKENDS = ("numpy", "torch")
+FIT_BACKENDS = ("numpy",)
 SERIES_KEYS = ("label", "model", "truth", "k", "estimator", "loss", "data")
-ANALYSIS_KEYS = ("quantities", "target_error", "target_quantity", "target_atom", "stat")
+ANALYSIS_KEYS = ("quantities", "target_error", "target_quantity", "target_atom", "stat", "margin")
 METHODS = ("lse", "em")
 NOT_FINGERPRINTED = ("analysis", "description", "paper")
 DEFAULT_QUANTITIES = ("loss", "regression_l2", "param:weight:max", "param:gate:max", "param:expert:max")
@@ -203,6 +205,14 @@ def _estimator(table: dict, where: str) -> tuple[str, str | list, int | None, di
     options = table.get("options", {})
     if not isinstance(options, dict):
         raise _fail(f"{where}.options", options, "expected a table of estimator options")
+    try:
+        make_estimator(method, options)
+        start_plan(init if isinstance(init, (str, dict)) else tuple(init), n_starts, None, method)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+    if init == "near_truth" or init == ["near_truth"] or isinstance(init, dict) and set(init) == {"near_truth"}:
+        raise _fail(f"{where}.init", init, "near-truth starts bias the rates (THEORY.md s4, s7): add truth-free "
+                    "kinds (kmeans, random, split, merge) or keep 'default'")
     return method, init, n_starts, dict(options), backend
 
 

@@ -1,13 +1,22 @@
 """Score and expert families.
 
 Every score in the zoo is linear in its parameters over a fixed feature map of x, and every expert is an
-activation applied to a linear function of its parameters over another fixed feature map:
+activation applied to a linear function of its parameters over another fixed feature map, optionally times an
+outer scale:
 
-    s(x; beta) = beta . phi(x),        h(x; eta) = act(eta . psi(x)).
+    s(x; beta) = beta . phi(x),     h(x; eta) = act(eta . psi(x))   or   h(x; eta) = eta_2 act(eta_1 . psi(x)).
 
 So a model is fully described by two feature maps and an activation with its derivative, the features are
 computed once per data set, and every gradient is a pair of matrix products. A new expert family is an
 `ExpertFamily` with those three pieces (see `register_expert`).
+
+Two kinds of FFN expert: "tanh", "gelu", "sigmoid", "relu" are act(a^T x + b), with an inner bias
+(parameters [b, a]); "scaled_tanh", "scaled_gelu", "scaled_sigmoid", "scaled_relu" are eta_2 act(eta_1^T x),
+an outer scale and no inner bias (parameters [eta_2, eta_1]): the strongly identifiable FFN expert of
+THEORY.md s1, the one whose rates the theory predicts. act(a^T x + b) under a gate with a slope is outside
+that class (dh/da = x dh/db), and eta_2 relu(eta_1^T x) trades scale between eta_2 and eta_1. Being linear in
+eta_2 (d^2 h / d eta_2^2 = 0), the scaled experts' over-specified cells are flat along eta_2, as the profile
+pre-flight measures (`moe_sim.fit.profile`): their `identifiable` is the theory's label, not a measurement.
 """
 
 from __future__ import annotations
@@ -148,15 +157,18 @@ def _constant_features(X: Array) -> Array:
 
 @dataclass(frozen=True)
 class ExpertFamily:
-    """An expert h(x; eta) = activation(eta . features(x)).
+    """An expert h(x; eta) = activation(eta . features(x)), or eta_2 activation(eta_1 . features(x)) when
+    `scaled` (the first expert parameter is an outer scale eta_2, the others eta_1).
 
-    features(X, degree) maps (n, d) inputs to a (p, n) array; n_params(d, degree) gives p; derivative(u, h)
+    features(X, degree) maps (n, d) inputs to an (r, n) array; n_params(d, degree) gives the number of expert
+    parameters p (r = p, or p - 1 when scaled); derivative(u, h)
     is activation'(u), given u and h = activation(u) so that tanh and sigmoid reuse h. Both may take an
     `out` keyword and write into it (NumPy ufuncs do), which keeps the least-squares loop free of
     allocations; functions without one are wrapped to copy their value into `out`. `identifiable` says
     whether over-specified cells of this family converge under least squares ("strong": FFN experts that
     are not positively homogeneous; "homogeneous": ReLU, a scale trade inside a cell; "weak": linear and
     polynomial; "none": input-independent). `affine` marks the [b, a] layout (intercept first).
+    `linear_in_params` marks experts linear in eta (EM's weighted least squares needs it).
     """
 
     name: str
@@ -167,8 +179,14 @@ class ExpertFamily:
     identifiable: str = "strong"
     affine: bool = True
     linear_in_params: bool = False
+    scaled: bool = False
 
     def __post_init__(self):
+        if self.scaled and (self.affine or self.linear_in_params):
+            raise ValueError(
+                f"ExpertFamily {self.name!r}: scaled=True (eta_2 act(eta_1 . psi)) has no intercept and is not "
+                f"linear in its parameters; got affine={self.affine}, linear_in_params={self.linear_in_params}"
+            )
         object.__setattr__(self, "activation", _writing_into_out(self.activation))
         object.__setattr__(self, "derivative", _writing_into_out(self.derivative))
 
@@ -181,6 +199,20 @@ def _ffn(name: str, act, dact, identifiable: str = "strong") -> ExpertFamily:
         features=lambda X, degree: affine_features(X),
         n_params=lambda d, degree: d + 1,
         identifiable=identifiable,
+    )
+
+
+def _scaled_ffn(act_name: str, act, dact, identifiable: str = "strong") -> ExpertFamily:
+    """eta_2 act(eta_1^T x): parameters [eta_2, eta_1_1..eta_1_d] over the features x (no inner bias)."""
+    return ExpertFamily(
+        name=f"scaled_{act_name}",
+        activation=act,
+        derivative=dact,
+        features=lambda X, degree: np.ascontiguousarray(X.T),
+        n_params=lambda d, degree: d + 1,
+        identifiable=identifiable,
+        affine=False,
+        scaled=True,
     )
 
 
@@ -201,6 +233,10 @@ EXPERTS: dict[str, ExpertFamily] = {
     "gelu": _ffn("gelu", _gelu, _gelu_grad),
     "sigmoid": _ffn("sigmoid", sigmoid, _sigmoid_grad),
     "tanh": _ffn("tanh", np.tanh, _tanh_grad),
+    "scaled_relu": _scaled_ffn("relu", _relu, _relu_grad, identifiable="homogeneous"),
+    "scaled_gelu": _scaled_ffn("gelu", _gelu, _gelu_grad),
+    "scaled_sigmoid": _scaled_ffn("sigmoid", sigmoid, _sigmoid_grad),
+    "scaled_tanh": _scaled_ffn("tanh", np.tanh, _tanh_grad),
     "constant": ExpertFamily(
         "constant", _identity, _ones, lambda X, degree: _constant_features(X), lambda d, degree: 1,
         identifiable="none", affine=False, linear_in_params=True,

@@ -41,12 +41,14 @@ class Gate:
 
     translation_invariant: adding the same (t0, t) to every atom's (bias, score parameters) leaves every
     gate value unchanged, so measures are compared up to that translation and one atom may be pinned.
-    likelihoods: the data models it can gate ("gaussian" needs gates that sum to one).
+    likelihoods: the data models it can gate ("gaussian" needs gates that sum to one). max_weight: the supremum
+    of w(c).
     """
 
     name = "gate"
     translation_invariant = False
     likelihoods = ("regression",)
+    max_weight = np.inf
 
     def weight(self, bias: Array) -> Array:
         """The atom weights w(c)."""
@@ -60,6 +62,14 @@ class Gate:
         """w(c_i) / sum_j w(c_j) over the given atoms."""
         w = self.weight(bias)
         return w / w.sum() if len(w) else np.zeros(0)
+
+    def scaled_bias(self, bias: float, share: float) -> float:
+        """The bias whose weight is `share` times the weight of `bias` (splitting an atom)."""
+        return float(self.bias_of(self.weight(np.array([bias])) * share)[0])
+
+    def merged_bias(self, bias: Array) -> float:
+        """The bias whose weight is the total weight of the given atoms (merging them), below max_weight."""
+        return float(self.bias_of(min(float(self.weight(bias).sum()), (1 - 1e-6) * self.max_weight)))
 
     def regime(self, G_true) -> int | None:
         """The sigmoid regime of THEORY.md s1 (1 or 2) where the gate has one, else None."""
@@ -94,6 +104,12 @@ class Softmax(Gate):
         """Stable for biases whose exp overflows."""
         return np.exp(bias - logsumexp(bias)) if len(bias) else np.zeros(0)
 
+    def scaled_bias(self, bias, share):
+        return float(bias + np.log(share))
+
+    def merged_bias(self, bias):
+        return float(logsumexp(bias))
+
     def gates(self, z, scratch=_fresh):
         z -= np.max(z, axis=0, out=scratch("top", z.shape[1:]))
         np.exp(z, out=z)
@@ -114,6 +130,7 @@ class Sigmoid(Gate):
     """g_i = sigmoid(z_i), each atom on its own; weight sigmoid(c). No translation invariance."""
 
     name = "sigmoid"
+    max_weight = 1.0
 
     def weight(self, bias):
         return sigmoid(bias)

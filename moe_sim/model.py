@@ -6,6 +6,10 @@ holds the data-only feature maps, computed once per data set, and their stacked 
 stacked parameters W = `Features.stack(G)`, and a gradient is m matrix-vector products. Evaluations run over
 column chunks of CHUNK samples, whose arrays stay in cache (unchunked, one evaluation at n = 1e6 is twice as
 slow), and the least-squares loop runs in `Scratch` arrays, allocating nothing (benchmarks/README.md).
+
+A scaled expert family, eta_2 act(eta_1 . psi), keeps eta_2 in its expert row's column of the ones row: the
+pre-activation leaves that column out and h = eta_2 act(u), so `Features.stack`, `stack_index` and `unstack`
+(and the least-squares objective built on them) serve it unchanged.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def _match_rows(basis: list[Array], rows: Array, index: list[int]) -> tuple[int,
 class Features:
     """Gate features phi (q, n), already divided by the temperature, and expert features psi (p, n); their
     stacked basis (m, n), the distinct rows of [1; phi; psi]; and the basis rows of the gate ([1; phi], the
-    bias first) and of the experts (psi)."""
+    bias first) and of the experts (psi; for a scaled family [1; psi], the ones row holding eta_2)."""
 
     phi: Array
     psi: Array
@@ -72,7 +76,7 @@ class Features:
         psi = np.ascontiguousarray(spec.expert_family.features(X, spec.degree))
         basis = [np.ones(X.shape[0])]
         gate_rows = _match_rows(basis, phi, [0])
-        expert_rows = _match_rows(basis, psi, [])
+        expert_rows = _match_rows(basis, psi, [0] if spec.expert_family.scaled else [])
         return cls(phi, psi, np.stack(basis), gate_rows, expert_rows)
 
     @property
@@ -112,9 +116,11 @@ class Forward:
 
     g: Array  # gates (k, n)
     u: Array  # expert pre-activations (k, n)
+    a: Array  # activations act(u) (k, n): h itself unless the family is scaled
     h: Array  # expert values (k, n)
     gh: Array  # g * h (k, n), whose sum over atoms is f
     f: Array  # regression function (n,)
+    scale: Array | None = None  # outer scales eta_2 (k, 1) of a scaled family, h = scale * a
 
 
 class Scratch:
@@ -139,16 +145,27 @@ def _fresh(name: str, shape: tuple[int, ...]) -> Array:
 
 
 def _logits_and_experts(spec: MoESpec, W: Array, feats: Features, scratch=_fresh) -> tuple[Array, ...]:
-    """Gate logits z, expert pre-activations u and expert values h, all (k, n), for stacked parameters W."""
+    """Gate logits z, expert pre-activations u, activations a = act(u) and expert values h, all (k, n), for
+    stacked parameters W; h is a itself, or eta_2 a for a scaled family (eta_2 = W[k:, 0], left out of u)."""
     k, n = W.shape[0] // 2, feats.n
+    scaled = spec.expert_family.scaled
     zu = scratch("zu", (2 * k, n))
     if feats.basis.shape[0] == 2:  # [1; x]: d = 1, a linear score and affine experts (measured 1.5x faster)
         np.multiply(W[:, 1:], feats.basis[1], out=zu)
-        zu += W[:, :1]
+        if scaled:
+            zu[:k] += W[:k, :1]
+        else:
+            zu += W[:, :1]
+    elif scaled:
+        np.matmul(W[:k], feats.basis, out=zu[:k])
+        np.matmul(W[k:, 1:], feats.basis[1:], out=zu[k:])
     else:
         np.matmul(W, feats.basis, out=zu)
     z, u = zu[:k], zu[k:]
-    return z, u, spec.expert_family.activation(u, out=scratch("h", (k, n)))
+    a = spec.expert_family.activation(u, out=scratch("h", (k, n)))
+    if not scaled:
+        return z, u, a, a
+    return z, u, a, np.multiply(a, W[k:, :1], out=scratch("scaled_h", (k, n)))
 
 
 def forward(spec: MoESpec, G: MixingMeasure, feats: Features) -> Forward:
@@ -159,10 +176,11 @@ def forward(spec: MoESpec, G: MixingMeasure, feats: Features) -> Forward:
 def forward_stacked(spec: MoESpec, W: Array, feats: Features, scratch=_fresh) -> Forward:
     """`forward` for stacked parameters W = feats.stack(G): the least-squares objective's hot path, run in
     the arrays of `scratch` (a `Scratch`) when given."""
-    z, u, h = _logits_and_experts(spec, W, feats, scratch)
+    z, u, a, h = _logits_and_experts(spec, W, feats, scratch)
     g = spec.gate_family.gates(z, scratch)
     gh = np.multiply(g, h, out=scratch("gh", g.shape))
-    return Forward(g, u, h, gh, sum_atoms(gh, scratch("f", (feats.n,))))
+    scale = W[g.shape[0] :, :1] if spec.expert_family.scaled else None
+    return Forward(g, u, a, h, gh, sum_atoms(gh, scratch("f", (feats.n,))), scale)
 
 
 def pullback(spec: MoESpec, fw: Forward, v, scratch=_fresh) -> Array:
@@ -173,9 +191,25 @@ def pullback(spec: MoESpec, fw: Forward, v, scratch=_fresh) -> Array:
     D = scratch("D", (2 * k, n))
     dz, du = D[:k], D[k:]
     spec.gate_family.logit_pullback(fw, gv, dz)
-    spec.expert_family.derivative(fw.u, fw.h, out=du)
+    spec.expert_family.derivative(fw.u, fw.a, out=du)
     du *= gv
+    if fw.scale is not None:
+        du *= fw.scale
     return D
+
+
+def _scale_pullback(fw: Forward, v, scratch=_fresh) -> Array:
+    """v df/d eta_2 = v g act(u) (k, n): the derivative in a scaled family's outer scales."""
+    out = np.multiply(fw.g, v, out=scratch("scale_pullback", fw.g.shape))
+    out *= fw.a
+    return out
+
+
+def _expert_jacobian(du: Array, dscale: Array | None, psi: Array) -> Array:
+    """Per-sample derivatives in the expert parameters (k, p, n) from those in the pre-activations du (k, n)
+    and, for a scaled family, in the outer scales dscale (k, n), which come first."""
+    grad = du[:, None, :] * psi[None]
+    return grad if dscale is None else np.concatenate([dscale[:, None, :], grad], axis=1)
 
 
 def regression_vjp(spec: MoESpec, feats: Features, fw: Forward, v: Array, scratch=_fresh) -> Array:
@@ -185,6 +219,9 @@ def regression_vjp(spec: MoESpec, feats: Features, fw: Forward, v: Array, scratc
     M = np.empty((feats.basis.shape[0], D.shape[0]))
     for row, out in zip(feats.basis, M):
         np.dot(D, row, out=out)
+    if fw.scale is not None:  # the scales sit in the expert rows' column of the ones row
+        k = fw.g.shape[0]
+        np.sum(_scale_pullback(fw, v, scratch), axis=1, out=M[0, k:])
     return M.T
 
 
@@ -202,12 +239,13 @@ def regression_gradient(spec: MoESpec, G: MixingMeasure, X) -> dict[str, Array]:
     X, _ = check_inputs(spec, X)
     spec.check_measure(G)
     feats = Features.of(spec, X)
-    D = pullback(spec, forward(spec, G, feats), 1.0)
+    fw = forward(spec, G, feats)
+    D = pullback(spec, fw, 1.0)
     dfdz, dfdu = D[: G.k], D[G.k :]
     return {
         "bias": dfdz,
         "gate": dfdz[:, None, :] * feats.phi[None],
-        "expert": dfdu[:, None, :] * feats.psi[None],
+        "expert": _expert_jacobian(dfdu, None if fw.scale is None else _scale_pullback(fw, 1.0), feats.psi),
     }
 
 
@@ -233,7 +271,7 @@ def log_density(spec: MoESpec, G: MixingMeasure, X, y) -> Array:
     X, y = check_inputs(spec, X, y)
     _check_gaussian(spec, G)
     feats = Features.of(spec, X)
-    z, _, h = _logits_and_experts(spec, feats.stack(G), feats)
+    z, _, _, h = _logits_and_experts(spec, feats.stack(G), feats)
     return _logsumexp0(_log_joint(G, z, h, y))
 
 
@@ -242,24 +280,27 @@ def log_density_gradient(spec: MoESpec, G: MixingMeasure, X, y) -> dict[str, Arr
     X, y = check_inputs(spec, X, y)
     _check_gaussian(spec, G)
     feats = Features.of(spec, X)
-    z, u, h = _logits_and_experts(spec, feats.stack(G), feats)
+    z, u, a, h = _logits_and_experts(spec, feats.stack(G), feats)
     log_joint = _log_joint(G, z, h, y)
     resp = np.exp(log_joint - _logsumexp0(log_joint))
     dz = resp - spec.gate_family.gates(z.copy())
     resid = y[None, :] - h
     var = G.var[:, None]
-    du = resp * resid / var * spec.expert_family.derivative(u, h)
+    dh = resp * resid / var
+    du = dh * spec.expert_family.derivative(u, a)
+    if spec.expert_family.scaled:
+        du *= G.expert[:, :1]
     return {
         "bias": dz,
         "gate": dz[:, None, :] * feats.phi[None],
-        "expert": du[:, None, :] * feats.psi[None],
+        "expert": _expert_jacobian(du, dh * a if spec.expert_family.scaled else None, feats.psi),
         "var": resp * (resid**2 / var - 1.0) / (2.0 * var),
     }
 
 
 def responsibilities(spec: MoESpec, G: MixingMeasure, feats: Features, y: Array) -> tuple[Array, Array]:
     """Posterior expert probabilities (k, n) and the per-sample log-density (n,) in one pass (the E-step)."""
-    z, _, h = _logits_and_experts(spec, feats.stack(G), feats)
+    z, _, _, h = _logits_and_experts(spec, feats.stack(G), feats)
     log_joint = _log_joint(G, z, h, y)
     log_dens = _logsumexp0(log_joint)
     log_joint -= log_dens

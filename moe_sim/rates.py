@@ -6,7 +6,21 @@ slope against log(n / log n) (the regression function's sqrt(log n / n) is a slo
 the slope over the upper half of the n grid, the slope of 10%-trimmed means with the share of runaway fits
 (more than 10 times the median at their n), and the verdict against `predicted_rates`.
 
-Failed fits (status "failed") carry no value and are left out; their share is reported.
+Rows are keyed by the size of the Voronoi cell each replicate's atom actually has (the sweep's `cell_size`),
+so a series whose atom is over-specified in half of the replicates gives two rows, each compared with the
+prediction for its cell size, and a pooled row over all its replicates (cell_size -1, no prediction). Per-parameter quantities come as the cell's worst atom (param:<block>:max) and
+its weight-averaged error (param:<block>:mean), each a row of its own.
+
+A verdict is a test that can fail: "consistent" only when the whole bootstrap interval of the slope lies
+within `margin` (default 0.1) of the predicted slope, "faster" / "slower" when it excludes the prediction by
+more than the margin, "inconclusive" otherwise; "not identified" where the theory says the parameter is not
+identified; no verdict for a NaN slope or where nothing is predicted. Fewer than MIN_REPLICATES replicates at
+some n (common once rows are split by cell size) make a verdict "inconclusive": the bootstrap median of a
+handful of values takes a handful of values, and its interval understates the spread (one replicate: width 0).
+
+Failed fits (status "failed") carry no value and are left out; their share is reported. Where rows carry the
+estimator's `certified` flag (its optimality criterion held and its global search met its stopping rule),
+the share of certified replicates is reported too (NaN for results without it).
 """
 
 from __future__ import annotations
@@ -18,8 +32,11 @@ from scipy.stats import trim_mean
 from .config import Experiment
 from .theory import predicted_rates
 
-KEYS = ["series_index", "series", "label", "k", "quantity", "true_atom"]
-NON_POLYNOMIAL = ("slow", "not identified", "1/log^lambda(n)")
+KEYS = ["series_index", "series", "label", "k", "quantity", "true_atom", "cell_size"]
+SLOW = ("slow", "1/log^lambda(n)")
+NOT_IDENTIFIED = "not identified"
+DEFAULT_MARGIN = 0.1
+MIN_REPLICATES = 5
 RUNAWAY_FACTOR = 10.0
 TRIM = 0.1
 STATS = ("median", "mean")
@@ -63,6 +80,19 @@ def _interval(boot: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _keyed_groups(rows: pd.DataFrame):
+    """(key, rows) per KEYS: per (series, quantity, true atom) and cell size, the pooled rows first (cell size
+    -1) where the replicates have more than one. Results written before cell sizes were recorded are pooled."""
+    if "cell_size" not in rows:
+        rows = rows.assign(cell_size=-1)
+    for key, sub in rows.groupby(KEYS[:-1], sort=True):
+        sizes = sorted(sub.cell_size.unique())
+        if len(sizes) > 1:
+            yield (*key, -1), sub
+        for size in sizes:
+            yield (*key, size), sub[sub.cell_size == size]
+
+
 def _groups(sub: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
     ok = sub[np.isfinite(sub.value)]
     grid = np.array(sorted(ok.n.unique()))
@@ -74,7 +104,7 @@ def summarize(rows: pd.DataFrame, stat: str = "median", n_boot: int = 1000, rng=
     _check_stat(stat)
     rng = np.random.default_rng(rng)
     out = []
-    for key, sub in rows.groupby(KEYS, sort=True):
+    for key, sub in _keyed_groups(rows):
         grid, groups = _groups(sub)
         if not groups:
             continue
@@ -101,7 +131,8 @@ def _prediction(table: pd.DataFrame, quantity: str, cell_size: int) -> dict:
     block = quantity.split(":")[1]
     cell = table[(table.cell == ("exact" if cell_size == 1 else "over")) & (table.cell_size == cell_size)]
     found = cell[cell.block == block]
-    if found.empty and cell_size == 1 and block in ("expert_intercept", "expert_slope", "expert_mean"):
+    if found.empty and (block in ("expert_scale", "expert_inner")
+                        or cell_size == 1 and block in ("expert_intercept", "expert_slope", "expert_mean")):
         found = cell[cell.block == "expert"]
     if found.empty and block == "expert":
         found = cell[cell.block.isin(["expert_intercept", "expert_slope"])].sort_values("exponent")
@@ -111,35 +142,64 @@ def _prediction(table: pd.DataFrame, quantity: str, cell_size: int) -> dict:
     return {"predicted": row.exponent, "predicted_rate": row.rate, "tag": row.tag}
 
 
-def verdict(predicted: float, rate_label: str, ci: tuple[float, float]) -> str:
-    """consistent / faster / slower: where the predicted slope -a lies against the measured slope's interval."""
-    if rate_label in NON_POLYNOMIAL:
+def check_margin(margin) -> float:
+    """The verdicts' margin as a float: a finite number >= 0."""
+    real = isinstance(margin, (int, float, np.integer, np.floating)) and not isinstance(margin, bool)
+    if not (real and np.isfinite(margin) and margin >= 0):
+        raise ValueError(f"margin={margin!r} is not allowed: the verdicts' margin is a finite number >= 0 "
+                         f"(default {DEFAULT_MARGIN})")
+    return float(margin)
+
+
+def verdict(predicted: float, rate_label: str, slope: float, ci: tuple[float, float],
+            margin: float = DEFAULT_MARGIN, min_replicates: int = MIN_REPLICATES) -> str:
+    """The measured slope's bootstrap interval ci against the predicted slope -predicted (module docstring):
+    consistent, faster, slower, inconclusive, not identified, "slow: no polynomial rate", or "" (no verdict:
+    NaN slope or interval, or no polynomial prediction). min_replicates: the fewest replicates at any n."""
+    if rate_label == NOT_IDENTIFIED:
+        return NOT_IDENTIFIED
+    if rate_label in SLOW:
         return "slow: no polynomial rate"
-    if not np.isfinite(predicted) or not np.all(np.isfinite(ci)):
+    if not (np.isfinite(predicted) and np.isfinite(slope) and np.all(np.isfinite(ci))):
         return ""
-    if ci[0] <= -predicted <= ci[1]:
+    if min_replicates < MIN_REPLICATES:
+        return "inconclusive"
+    target, (low, high) = -predicted, ci
+    if target - margin <= low and high <= target + margin:
         return "consistent"
-    return "faster" if ci[1] < -predicted else "slower"
+    if high < target - margin:
+        return "faster"
+    if low > target + margin:
+        return "slower"
+    return "inconclusive"
 
 
 def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=None, stat: str = "median",
-               n_boot: int = 1000, rng=0) -> pd.DataFrame:
-    """One row per (series, quantity, true atom): slopes with bootstrap 95% intervals and the verdict.
+               n_boot: int = 1000, rng=0, margin=None) -> pd.DataFrame:
+    """One row per (series, quantity, true atom, cell size): slopes with bootstrap 95% intervals and verdicts.
 
     slope: d log(stat) / d log n (negative when the error decays); slope_lognn: the same against
     log(n / log n); slope_upper: over the upper half of the n grid; trimmed_slope: of 10%-trimmed means.
-    cell_size is the most common size of the true atom's Voronoi cell at the largest n. With `exp` (the
-    experiment that produced the rows) each row is compared with the theory's predicted exponent, over the
-    whole grid (verdict; against log(n / log n) for the regression function) and over its upper half
-    (verdict_upper: the asymptotic regime, where the pre-asymptotic start of a grid is left out). By default
-    every quantity except the signed objective gap.
+    cell_size: the size of the true atom's Voronoi cell in the replicates of the row (-1: not per atom, or
+    pooled over replicates with different sizes);
+    replicates and cell_share: how many replicates have it, and their share of the (series, quantity, true
+    atom); min_replicates: the fewest at any n (below MIN_REPLICATES the verdicts are inconclusive); certified_share: the share whose fit is certified (NaN when the rows do not say). With `exp` (the
+    experiment that produced the rows) each row is compared with the theory's predicted exponent for its cell
+    size, over the whole grid (verdict; against log(n / log n) for the regression function) and over its
+    upper half (verdict_upper: the asymptotic regime, where the pre-asymptotic start of a grid is left out),
+    within `margin` (default: the config's [analysis] margin, else DEFAULT_MARGIN). By default every quantity
+    except the signed objective gap.
     """
     _check_stat(stat)
+    if margin is None:
+        margin = (exp.raw.get("analysis", {}) if exp is not None else {}).get("margin", DEFAULT_MARGIN)
+    margin = check_margin(margin)
     rng = np.random.default_rng(rng)
     rows = rows[rows.quantity.isin(list(quantities)) if quantities is not None else ~rows.quantity.isin(SIGNED)]
+    per_atom = rows.groupby(KEYS[:-1], sort=False).size()
     tables = {}
     out = []
-    for key, sub in rows.groupby(KEYS, sort=True):
+    for key, sub in _keyed_groups(rows):
         record = dict(zip(KEYS, key))
         grid, groups = _groups(sub)
         if len(grid) < 2:
@@ -153,12 +213,15 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
         trimmed = np.array([trim_mean(v, TRIM) for v in groups])
         medians = np.array([np.median(v) for v in groups])
         runaway = sum(int(np.sum(v > RUNAWAY_FACTOR * m)) for v, m in zip(groups, medians))
-        at_max = sub[(sub.n == grid[-1]) & (sub.status != "failed")].cell_size
-        cell_size = int(at_max.mode().iloc[0]) if len(at_max) else -1
+        cell_size = int(record["cell_size"])
         ci = _interval(slope[1:])
         ci_nn = _interval(slope_nn[1:])
+        certified = float(sub.certified.eq(True).mean()) if "certified" in sub else np.nan
+        fewest = min(map(len, groups))
         record.update({
-            "cell_size": cell_size, "stat": stat, "n_min": int(grid[0]), "n_max": int(grid[-1]),
+            "cell_size": cell_size, "replicates": len(sub), "min_replicates": fewest,
+            "cell_share": len(sub) / per_atom[key[:-1]],
+            "certified_share": certified, "stat": stat, "n_min": int(grid[0]), "n_max": int(grid[-1]),
             "n_values": len(grid), "slope": slope[0], "ci_low": ci[0], "ci_high": ci[1],
             "slope_lognn": slope_nn[0], "ci_low_lognn": ci_nn[0], "ci_high_lognn": ci_nn[1],
             "slope_upper": slope_up[0], "slope_upper_ci_low": _interval(slope_up[1:])[0],
@@ -173,10 +236,12 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
                 tables[series.name] = predicted_rates(series.spec, series.truth, series.k)
             pred = _prediction(tables[series.name], record["quantity"], cell_size)
             use_nn = record["quantity"] == "regression_l2"
-            pred["verdict"] = verdict(pred["predicted"], pred["predicted_rate"], ci_nn if use_nn else ci)
-            pred["verdict_upper"] = verdict(pred["predicted"], pred["predicted_rate"],
-                                            (record["slope_upper_ci_low"], record["slope_upper_ci_high"]))
-            record.update(pred)
+            pred["verdict"] = verdict(pred["predicted"], pred["predicted_rate"],
+                                      slope_nn[0] if use_nn else slope[0], ci_nn if use_nn else ci, margin, fewest)
+            pred["verdict_upper"] = verdict(pred["predicted"], pred["predicted_rate"], slope_up[0],
+                                            (record["slope_upper_ci_low"], record["slope_upper_ci_high"]), margin,
+                                            min(map(len, groups[upper])))
+            record.update(pred, margin=margin)
         out.append(record)
     return pd.DataFrame(out)
 

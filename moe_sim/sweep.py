@@ -32,6 +32,8 @@ COLUMNS = {
     "n_index": "int64", "n": "int64", "replicate": "int64", "quantity": "string", "true_atom": "int64",
     "cell_size": "int64", "pattern": "string", "value": "float64", "status": "string", "reason": "string",
     "objective": "float64", "truth_objective": "float64", "n_iter": "int64", "runtime_s": "float64",
+    "converged": "bool", "certified": "bool", "grad_norm": "float64", "search_starts": "int64",
+    "search_hits": "int64", "search_optima": "int64", "search_gap": "float64", "search_p_miss": "float64",
 }
 FIT_ERRORS = (ArithmeticError, np.linalg.LinAlgError, RuntimeError)
 BACKENDS = ("loky", "dask")
@@ -118,29 +120,22 @@ def _fit_one(fit_fn, series: Series, X, y, fit_seed):
     tic = time.perf_counter()
     try:
         result = fit_fn(series.spec, X, y, series.k, method=series.method, init=series.init,
-                        n_starts=series.n_starts, rng=fit_seed, G_true=series.truth, backend=series.backend,
-                        **series.options)
+                        n_starts=series.n_starts, rng=fit_seed, G_true=series.truth, **series.options)
         return result, result.reason, time.perf_counter() - tic
     except FIT_ERRORS as exc:
         return None, f"{type(exc).__name__}: {exc}", time.perf_counter() - tic
 
 
-def _fit_cell_torch(series: Series, data, fit_seeds):
-    """Every replicate of the task as one batched torch fit, started exactly as `ms.fit` starts them."""
-    from .fit import fit_starts
-    from .fit.torch_backend import fit_batch
-
-    options = dict(series.options)
-    init_options = options.pop("init_options", None)
-    rngs = [np.random.default_rng(seed) for seed in fit_seeds]
-    try:
-        starts = [fit_starts(series.spec, X, y, series.k, series.method, series.init, series.n_starts, rng,
-                             series.truth, init_options) for (X, y), rng in zip(data, rngs)]
-        results = fit_batch(series.spec, [X for X, _ in data], [y for _, y in data], series.k, starts,
-                            method=series.method, truth=series.truth, rngs=rngs, **options)
-    except FIT_ERRORS as exc:
-        return [(None, f"{type(exc).__name__}: {exc}", 0.0)] * len(data)
-    return [(result, result.reason, result.runtime_s) for result in results]
+def _search_columns(result) -> dict:
+    """The certificate of a fit and how sure its global search is (`moe_sim.fit.SearchReport`)."""
+    search = None if result is None else result.search
+    return {
+        "converged": result is not None and result.converged, "certified": result is not None and result.certified,
+        "grad_norm": np.nan if result is None else result.grad_norm,
+        "search_starts": -1 if search is None else search.n_starts, "search_hits": -1 if search is None else search.n_hits,
+        "search_optima": -1 if search is None else search.n_optima, "search_gap": np.nan if search is None else search.gap,
+        "search_p_miss": np.nan if search is None else search.p_miss,
+    }
 
 
 def run_task(exp: Experiment, task: Task, entropy: int, fit_fn=None, closest_fn=None) -> pd.DataFrame:
@@ -155,10 +150,7 @@ def run_task(exp: Experiment, task: Task, entropy: int, fit_fn=None, closest_fn=
         data = [sample(series.spec, series.truth, n, rng=data_seed, noise_sd=exp.noise_sd, design=exp.design,
                        bounds=exp.bounds) for data_seed, _, _ in seeds]
         fit_seeds = [fit_seed for _, fit_seed, _ in seeds]
-        if series.backend == "torch" and fit_fn is None:
-            fits = _fit_cell_torch(series, data, fit_seeds)
-        else:
-            fits = [_fit_one(fit_fn, series, X, y, fit_seed) for (X, y), fit_seed in zip(data, fit_seeds)]
+        fits = [_fit_one(fit_fn, series, X, y, fit_seed) for (X, y), fit_seed in zip(data, fit_seeds)]
         for rep, (_, _, eval_seed), (result, reason, runtime) in zip(reps, seeds, fits):
             if result is None or result.measure is None:
                 status = "failed"
@@ -174,6 +166,7 @@ def run_task(exp: Experiment, task: Task, entropy: int, fit_fn=None, closest_fn=
                 "truth_objective": np.nan if result is None or result.truth_objective is None
                 else result.truth_objective,
                 "n_iter": -1 if result is None else result.n_iter, "runtime_s": runtime,
+                **_search_columns(result),
             }
             out.extend({"true_atom": -1, "cell_size": -1, "pattern": "", **common, **row} for row in rows)
     return pd.DataFrame(out, columns=list(COLUMNS)).astype(COLUMNS)

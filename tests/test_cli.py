@@ -32,8 +32,7 @@ expert = [[0.5, 1.0], [-0.5, -1.0]]
 
 [estimator]
 method = "lse"
-init = "near_truth"
-n_starts = 1
+init = { kmeans = 1, random = 1 }
 
 [analysis]
 target_error = 0.05

@@ -45,3 +45,14 @@ def test_ill_conditioned_truth_is_visible():
     assert bad_sd > 30 * good_sd
     with pytest.raises(ValueError, match="gate has 2 columns"):
         asymptotic_sd(spec, ms.MixingMeasure([0.0], [[1.0, 1.0]], [[0.0, 1.0]]), n=10, noise_sd=0.1)
+
+
+@pytest.mark.parametrize("expert", ["scaled_tanh", "scaled_gelu", "scaled_sigmoid", "scaled_relu"])
+def test_scaled_families_get_standard_errors(expert):
+    """eta_2 act(eta_1 x) in d = 1: two expert parameters per atom, as for act(a x + b)."""
+    spec = ms.MoESpec(gate="softmax", expert=expert)
+    table = asymptotic_sd(spec, G_SOFTMAX, n=1000, noise_sd=0.1, bounds=BOX, n_design=2000)
+    assert len(table) == 6 and np.all(np.isfinite(table.sd)) and np.all(table.sd > 0)
+    # the same sd at 4n and 2 sigma: the sigma / sqrt(n) scaling holds for them too
+    again = asymptotic_sd(spec, G_SOFTMAX, n=4000, noise_sd=0.2, bounds=BOX, n_design=2000)
+    np.testing.assert_allclose(again.sd, table.sd, rtol=1e-12)

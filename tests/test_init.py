@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import moe_sim as ms
-from moe_sim.fit.init import INITS, initial_measures, near_truth, start_plan
+from moe_sim.fit.init import FROM_FITS, INITS, initial_measures, merge_starts, near_truth, split_starts, start_plan
 
 SPEC = ms.MoESpec(gate="softmax", expert="tanh")
 G = ms.MixingMeasure(bias=[0.0, 0.5, -0.5], gate=[[3.0], [0.0], [-2.0]],
@@ -16,7 +16,7 @@ def data():
     return ms.sample(SPEC, G, 600, rng=0, noise_sd=0.1)
 
 
-@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("init", [name for name in INITS if name not in FROM_FITS])
 def test_strategies_are_deterministic_for_a_seed(data, init):
     X, y = data
     a = initial_measures(SPEC, X, y, 4, init, 3, rng=11, G_true=G)
@@ -85,10 +85,11 @@ def test_gaussian_starts_carry_variances(paper_a):
 
 
 def test_start_plan():
-    assert start_plan("default", None, None) == {"kmeans": 8, "random": 8}
-    assert start_plan("default", None, G) == {"kmeans": 8, "random": 8, "near_truth": 8}
-    assert start_plan("default", 2, G) == {"kmeans": 2, "random": 2, "near_truth": 2}
-    assert start_plan("default", None, G, method="em") == {"kmeans": 1, "random": 1, "near_truth": 1}
+    assert start_plan("default", None, None) == {"kmeans": 8, "random": 8, "split": 6, "merge": 2}
+    assert start_plan("default", None, G) == {"kmeans": 8, "random": 8, "split": 6, "merge": 2, "near_truth": 8}
+    assert start_plan("default", 2, G) == {"kmeans": 2, "random": 2, "split": 2, "merge": 2, "near_truth": 2}
+    assert start_plan("default", None, G, method="em") == {"kmeans": 2, "random": 2, "split": 4, "merge": 2,
+                                                           "near_truth": 1}
     assert start_plan(["random", "near_truth"], None, G) == {"random": 8, "near_truth": 8}
     assert start_plan("kmeans", 3, None, method="em") == {"kmeans": 3}
     assert start_plan({"kmeans": 2, "random": 5}, None, None) == {"kmeans": 2, "random": 5}
@@ -120,3 +121,56 @@ def test_near_truth_bad_arguments(data):
         near_truth(SPEC, X, y, 3, rng=0, G_true=G, scale=-1.0)
     with pytest.raises(ValueError, match="k must be a positive integer"):
         initial_measures(SPEC, X, y, 0, "random")
+
+
+@pytest.mark.parametrize("gate", ["softmax", "sigmoid"])
+def test_split_starts_add_one_atom_and_keep_the_split_atoms_weight(gate):
+    spec = ms.MoESpec(gate=gate, expert="tanh")
+    fewer = G.subset([0, 2])
+    starts = split_starts(spec, fewer, rng=3)
+    assert len(starts) == 2 * 3  # every atom along gate, expert and weight
+    assert all(s.k == 3 for s in starts)
+    again = split_starts(spec, fewer, rng=3)
+    for a, b in zip(starts, again):
+        np.testing.assert_array_equal(a.to_vector(), b.to_vector())
+    total = spec.weights(fewer.bias).sum()
+    for s in starts:  # the two halves carry the split atom's weight, the other atom keeps its own
+        np.testing.assert_allclose(spec.weights(s.bias).sum(), total, rtol=1e-12)
+    assert len(split_starts(spec, fewer, rng=3, count=4)) == 4
+
+
+def test_merge_starts_keep_k_and_merge_the_closest_pair():
+    spec = ms.MoESpec(gate="softmax", expert="tanh")
+    close = ms.MixingMeasure(bias=[0.0, 0.1, 500.0], gate=[[3.0], [3.1], [-2.0]],
+                             expert=[[0.5, 2.0], [0.6, 2.0], [1.0, 0.5]])
+    starts = merge_starts(spec, close, rng=1, count=5)
+    assert len(starts) == close.k - 2  # one per atom other than the merged one
+    (start,) = starts
+    assert start.k == 3 and np.all(np.isfinite(start.to_vector()))
+    # atoms 0 and 1 became their weight-averaged atom, of their total weight; atom 2 was split in two halves
+    share = spec.weight_shares(close.bias[:2])
+    np.testing.assert_allclose(start.gate[0], share @ close.gate[:2])
+    np.testing.assert_allclose(start.bias[0], np.logaddexp(0.0, 0.1))
+    np.testing.assert_allclose(start.bias[1:], 500.0 - np.log(2.0))
+    assert merge_starts(spec, close.subset([0, 1]), rng=1, count=5) == []
+
+
+@pytest.mark.parametrize("expert,eta", [("scaled_tanh", [2.0, 1.5]), ("scaled_gelu", [-1.0, 3.0]),
+                                        ("scaled_sigmoid", [1.5, -2.5]), ("scaled_relu", [1.5, -2.0])])
+def test_scaled_expert_start_finds_sign_and_scale(expert, eta):
+    """eta_2 act(eta_1 x) from noise-free values of one expert: the lengths searched are a factor 2 apart,
+    so the chosen eta_1 lies within a factor 2 of the truth's, with its sign, and so does the product eta_2
+    eta_1 (the slope at 0, up to the activation's own slope there). relu only identifies the sign of eta_1
+    and the product (eta_2 relu(eta_1 x) = eta_2 s relu(eta_1 x / s))."""
+    from moe_sim.fit.init import _expert_fit
+
+    spec = ms.MoESpec(gate="softmax", expert=expert)
+    X = np.linspace(-1.0, 1.0, 201)[:, None]
+    y = ms.regression_function(spec, ms.MixingMeasure([0.0], [[0.0]], [eta]), X)
+    start = _expert_fit(spec, X.T, y)
+    assert start.shape == (2,)
+    if expert == "scaled_relu":
+        assert np.sign(start[1]) == np.sign(eta[1])
+    else:
+        assert 0.5 < start[1] / eta[1] < 2.0
+    assert 0.5 < start[0] * start[1] / (eta[0] * eta[1]) < 2.0

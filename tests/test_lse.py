@@ -4,10 +4,15 @@ import numpy as np
 import pytest
 
 import moe_sim as ms
-from moe_sim.fit import closest_measure, fit
+from moe_sim.fit import LeastSquares, closest_measure, fit
 from moe_sim.fit.gbar import DegenerateGBarWarning
 from moe_sim.fit.init import initial_measures
-from moe_sim.fit.lse import RSSObjective, lse_fit
+from moe_sim.fit.lse import RSSObjective
+
+
+def lse_fit(spec, X, y, k, starts, **options):
+    """Least squares from the given starts (no further draws)."""
+    return LeastSquares(**options).fit_starts(spec, X, y, k, starts)
 
 # A well-conditioned sigmoid tanh-expert truth (regime 2, k* = 2) on X in [-3, 3]: its asymptotic standard
 # errors at n = 1e5, sigma = 0.1 sum to about 0.2 (the conftest truth on [-1, 1] has standard errors of
@@ -51,7 +56,8 @@ def test_default_starts_without_the_truth_reach_it_at_large_n():
     n, sigma = 100_000, 0.01
     X, y = ms.sample(TANH, G_TANH, n, rng=2, noise_sd=sigma, bounds=BOX)
     result = fit(TANH, X, y, 2, rng=2)
-    assert [s.init for s in result.starts] == ["kmeans"] * 8 + ["random"] * 8
+    kinds = {s.init for s in result.starts}
+    assert {"kmeans", "random", "split"} <= kinds and "near_truth" not in kinds
     truth_rss = np.sum((y - ms.regression_function(TANH, G_TANH, X)) ** 2)
     assert result.objective <= truth_rss * (1 + 1e-9)
     assert ms.voronoi_loss(TANH, result.measure, G_TANH) < 0.05
@@ -73,17 +79,24 @@ def test_result_diagnostics_and_reproducibility():
     a = fit(TANH, X, y, 2, n_starts=2, rng=3)
     b = fit(TANH, X, y, 2, n_starts=2, rng=3)
     np.testing.assert_array_equal(a.measure.to_vector(), b.measure.to_vector())
-    assert [s.init for s in a.starts] == ["kmeans", "kmeans", "random", "random"]
+    # the first round: the plan's truth-free kinds, n_starts each (merges start from the second round)
+    assert [s.init for s in a.starts[:6]] == ["kmeans", "kmeans", "random", "random", "split", "split"]
     assert a.objective == min(s.objective for s in a.starts)
     assert a.method == "lse" and a.runtime_s > 0 and a.n_iter > 0
     assert a.truth_objective is None and a.worse_than_truth is None
+    # the search report counts what the starts say
+    fitted = [s for s in a.starts if s.measure is not None]
+    assert a.search.n_starts == len(fitted)
+    units = np.array([s.objective - a.objective for s in fitted]) / (a.objective / len(y))
+    assert a.search.n_hits == np.sum(units <= a.search.hit_tol) >= 1
+    assert a.certified == (a.converged and a.search.n_hits >= 3)
 
 
 def test_screening_polishes_only_the_best_starts():
     X, y = ms.sample(TANH, G_TANH, 3000, rng=4, noise_sd=0.1, bounds=BOX)
-    result = fit(TANH, X, y, 2, n_starts=3, rng=4, screen=1000, keep=2)
+    result = fit(TANH, X, y, 2, n_starts=3, rng=4, screen=1000, keep=2, search={"hits": 1, "max_rounds": 1})
     screened = [s for s in result.starts if s.reason.startswith("screened out")]
-    assert len(screened) == len(result.starts) - 2
+    assert len(screened) == len(result.starts) - 2  # keep = 2 distinct, of which the hits = 1 best
     assert all(s.objective >= result.objective for s in result.starts)
 
 
@@ -121,15 +134,19 @@ def test_non_finite_fit_returns_unconverged_result():
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"k": 0}, "k must be a positive integer"),
-        ({"method": "newton"}, "method='newton' is not allowed"),
+        ({"k": 0}, "k = 0 is not allowed"),
+        ({"method": "newton"}, "method = 'newton' is not allowed"),
         ({"init": "spectral"}, "init='spectral' is not allowed.*'kmeans'"),
-        ({"backend": "jax"}, "backend='jax' is not allowed"),
+        ({"backend": "jax"}, r"estimator option\(s\) \['backend'\].*allowed: search, tol"),
         ({"init_options": {"sd": 1}}, "init_options has unknown keys"),
         ({"n_starts": 0}, "n_starts must be a positive integer"),
         ({"init": "near_truth"}, "needs the true measure"),
         ({"screen": 0}, "screen must be 'auto', None or a positive integer"),
-        ({"keep": 0}, "keep must be a positive integer"),
+        ({"keep": 0}, r"LeastSquares.keep = 0 is not allowed"),
+        ({"tol": 0.0}, r"LeastSquares.tol = 0.0 is not allowed"),
+        ({"max_iter": 0}, r"LeastSquares.max_iter = 0 is not allowed"),
+        ({"search": {"hit": 3}}, r"search option\(s\) \['hit'\] not allowed"),
+        ({"search": {"hits": 0}}, r"Search.hits = 0 is not allowed"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):
@@ -151,7 +168,7 @@ def test_bad_data_raise():
         gauss = ms.MoESpec(likelihood="gaussian")
         G = ms.MixingMeasure([0.0], [[0.0]], [[0.0, 1.0]], [1.0])
         lse_fit(gauss, X, y, 1, [("s", G)])
-    with pytest.raises(ValueError, match="has 1 atoms, k=2"):
+    with pytest.raises(ValueError, match="has 1 atoms, but k=2"):
         lse_fit(TANH, X, y, 2, [("s", G_TANH.subset([0]))])
 
 

@@ -12,7 +12,8 @@ from tests.conftest import random_measure
 
 SCORES = ["linear", "quadratic", "partial_quadratic"]
 GATES = sorted(ms.GATES)  # every registered gate gets the gradient checks
-EXPERTS = ["linear", "polynomial", "relu", "gelu", "sigmoid", "tanh", "constant"]
+EXPERTS = sorted(ms.EXPERTS)  # every registered family, the scaled ones eta_2 act(eta_1 x) included
+SCALED = [name for name in EXPERTS if ms.EXPERTS[name].scaled]
 
 
 def _spec(gate, score, expert, likelihood="regression"):
@@ -51,7 +52,7 @@ def test_regression_gradient_matches_finite_differences(gate, score, expert):
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("gate,expert", list(itertools.product(GATES, ["tanh", "linear"])))
+@pytest.mark.parametrize("gate,expert", list(itertools.product(GATES, ["tanh", "linear", "scaled_tanh"])))
 def test_vjp_is_the_contracted_jacobian(gate, expert):
     spec = _spec(gate, "quadratic", expert)
     G = random_measure(spec, 4, 1)
@@ -83,6 +84,23 @@ def test_stacked_basis_shares_rows_and_reproduces_logits_and_vjp(spec, basis_row
     np.testing.assert_allclose(vjp, jac @ v, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("expert", SCALED)
+def test_scaled_family_is_eta2_act_eta1_x(expert):
+    """eta_2 act(eta_1^T x) by hand, with no inner bias, through the stacked basis; eta_2 sits in the ones
+    row's column of the expert rows and stays out of the pre-activation."""
+    spec = ms.MoESpec(gate="softmax", score="quadratic", expert=expert, d=2)
+    assert spec.p == 3 and not spec.expert_family.affine
+    G = random_measure(spec, 3, 5)
+    X = ms.draw_design("uniform", 30, 2, 6)
+    feats = Features.of(spec, X)
+    assert feats.expert_rows[0] == 0 and feats.psi.shape == (2, 30)
+    act = ms.EXPERTS[expert.removeprefix("scaled_")].activation
+    fw = forward(spec, G, feats)
+    np.testing.assert_allclose(fw.h, G.expert[:, :1] * act(G.expert[:, 1:] @ X.T), rtol=1e-13, atol=1e-15)
+    g = np.exp(G.bias[:, None] + G.gate @ feats.phi)
+    np.testing.assert_allclose(fw.f, (g / g.sum(axis=0) * fw.h).sum(axis=0), rtol=1e-12)
+
+
 def test_features_equal_to_the_ones_row_keep_their_own_parameters():
     """At x = 1 every feature equals the bias's row of ones; each parameter still gets its own column."""
     spec = ms.MoESpec(gate="sigmoid", expert="tanh")
@@ -94,9 +112,17 @@ def test_features_equal_to_the_ones_row_keep_their_own_parameters():
     vjp = feats.unstack(regression_vjp(spec, feats, forward(spec, G, feats), v))
     numeric = _numeric_jacobian(lambda H: ms.regression_function(spec, H, X), G)
     np.testing.assert_allclose(vjp, numeric @ v, rtol=1e-6, atol=1e-8)
+    # a scaled family: eta_1's row x = 1 shares the gate's x row, not the ones row that holds eta_2
+    scaled = ms.MoESpec(gate="sigmoid", expert="scaled_tanh")
+    feats = Features.of(scaled, X)
+    assert feats.expert_rows == (0, 1) and feats.basis.shape[0] == 2
+    vjp = feats.unstack(regression_vjp(scaled, feats, forward(scaled, G, feats), v))
+    numeric = _numeric_jacobian(lambda H: ms.regression_function(scaled, H, X), G)
+    np.testing.assert_allclose(vjp, numeric @ v, rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("score,expert", list(itertools.product(SCORES, ["linear", "polynomial", "tanh"])))
+@pytest.mark.parametrize("score,expert",
+                         list(itertools.product(SCORES, ["linear", "polynomial", "tanh", "scaled_gelu"])))
 def test_log_density_gradient_matches_finite_differences(score, expert):
     spec = _spec("softmax", score, expert, likelihood="gaussian")
     rng = np.random.default_rng(7)
@@ -219,6 +245,12 @@ def test_custom_expert_family_runs_through_the_model():
     analytic = _flatten(ms.regression_gradient(spec, G, X), ["bias", "gate", "expert"])
     numeric = _numeric_jacobian(lambda H: ms.regression_function(spec, H, X), G)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-7)
+
+
+def test_scaled_family_must_not_claim_an_intercept():
+    with pytest.raises(ValueError, match="scaled=True .* got affine=True"):
+        ms.ExpertFamily("bad", np.tanh, lambda u, h: 1 - h * h, lambda X, degree: X.T, lambda d, degree: d + 1,
+                        scaled=True)
 
 
 def test_fast_sigmoid_matches_expit():

@@ -45,6 +45,25 @@ def test_relu_and_linear_cells_are_flat(expert):
     assert result.curves.loss.max() < 1e-24 * np.var(ms.regression_function(spec, G, np.linspace(-1, 1, 100)))
 
 
+@pytest.mark.parametrize("expert", ["scaled_tanh", "scaled_gelu", "scaled_sigmoid"])
+def test_scaled_cell_is_flat_along_the_outer_scale_and_quartic_otherwise(expert):
+    """eta_2 act(eta_1 x) is linear in eta_2: two atoms of one gate and one eta_1 with scales eta_2 +- delta
+    and half the weight each reproduce f* exactly, so the free profile is flat (not identified). Held at one
+    eta_2, the split of the gate and eta_1 is quartic, like act(a x + b)."""
+    spec = ms.MoESpec(gate="softmax", expert=expert)
+    split = ms.MixingMeasure(bias=[0.0, np.log(0.5), np.log(0.5)], gate=[[4.0], [0.0], [0.0]],
+                             expert=[G.expert[0], G.expert[1] + [0.3, 0.0], G.expert[1] - [0.3, 0.0]])
+    X = np.linspace(-1.0, 1.0, 101)
+    # the same function to rounding: (g / 2) (eta_2 + 0.3) a + (g / 2) (eta_2 - 0.3) a = g eta_2 a
+    np.testing.assert_allclose(ms.regression_function(spec, split, X), ms.regression_function(spec, G, X),
+                               rtol=0, atol=1e-15)
+    free = profile(spec, G, n=200, deltas=DELTAS)
+    assert free.summary.status.str.startswith("not identified").all()
+    held = profile(spec, G, n=200, deltas=DELTAS, split_scale=False)
+    assert held.summary.identified.all()
+    np.testing.assert_allclose(held.summary.order, 4.0, atol=0.3)
+
+
 def test_sigmoid_regime_2_atoms_are_not_profiled():
     spec = ms.MoESpec(gate="sigmoid", expert="tanh")
     G1 = ms.MixingMeasure(bias=[0.0, 0.5], gate=[[4.0], [0.0]], expert=[[0.5, 3.0], [-1.0, -2.0]])
@@ -62,5 +81,7 @@ def test_profile_bad_arguments():
         profile(spec, G, cells=[2])
     with pytest.raises(ValueError, match="deltas must hold at least two positive values"):
         profile(spec, G, deltas=[0.1])
+    with pytest.raises(ValueError, match="split_scale=False needs a scaled expert family"):
+        profile(spec, G, split_scale=False)
     with pytest.raises(ValueError, match="likelihood='regression'"):
         profile(ms.MoESpec(likelihood="gaussian"), ms.MixingMeasure([0.0], [[0.0]], [[0.0, 1.0]], [1.0]))

@@ -54,25 +54,86 @@ def test_log_n_over_n_slope_and_runaways():
 
 
 def test_verdicts():
-    assert verdict(0.5, "n^-1/2", (-0.6, -0.45)) == "consistent"
-    assert verdict(0.25, "n^-1/4", (-0.6, -0.45)) == "faster"
-    assert verdict(0.5, "n^-1/2", (-0.3, -0.1)) == "slower"
-    assert verdict(np.nan, "not identified", (-0.3, -0.1)) == "slow: no polynomial rate"
-    assert verdict(np.nan, "no prediction", (-0.3, -0.1)) == ""
+    """Prediction n^-1/2 (slope -0.5), margin 0.1: consistent needs the interval inside [-0.6, -0.4]."""
+    assert verdict(0.5, "n^-1/2", -0.52, (-0.58, -0.43)) == "consistent"
+    assert verdict(0.5, "n^-1/2", -0.55, (-0.65, -0.45)) == "inconclusive"  # contains -0.5, leaves the margin
+    assert verdict(0.25, "n^-1/4", -0.5, (-0.6, -0.45)) == "faster"  # excludes -0.25 by more than 0.1
+    assert verdict(0.5, "n^-1/2", -0.2, (-0.3, -0.1)) == "slower"
+    assert verdict(0.5, "n^-1/2", -0.38, (-0.45, -0.3)) == "inconclusive"  # excludes -0.5, not by 0.1
+    assert verdict(0.5, "n^-1/2", -0.55, (-0.65, -0.45), margin=0.2) == "consistent"
+    assert verdict(0.5, "n^-1/2", np.nan, (-0.6, -0.45)) == ""  # NaN slope: no verdict
+    assert verdict(0.5, "n^-1/2", -0.5, (np.nan, np.nan)) == ""
+    assert verdict(np.nan, "not identified", -0.2, (-0.3, -0.1)) == "not identified"
+    assert verdict(np.nan, "slow", -0.2, (-0.3, -0.1)) == "slow: no polynomial rate"
+    assert verdict(np.nan, "measured", -0.2, (-0.3, -0.1)) == ""
+    assert verdict(np.nan, "no prediction", -0.2, (-0.3, -0.1)) == ""
 
 
-def test_prediction_from_the_experiment():
-    exp = parse_config({
+def _experiment(**analysis):
+    return parse_config({
         "name": "t", "n": [100, 1000],
-        "model": {"gate": "softmax", "expert": "tanh"},
+        "model": {"gate": "softmax", "expert": "scaled_tanh"},
         "truth": {"bias": [0.0, 0.0], "gate": [[2.0], [0.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]},
-        "k": 3,
+        "k": 3, **({"analysis": analysis} if analysis else {}),
     })
+
+
+@pytest.mark.parametrize("quantity", ["param:expert:max", "param:expert_scale:mean"])
+def test_prediction_from_the_experiment(quantity):
+    rows = synthetic_rows(0.25, quantity=quantity, series=("default/k=3",))
+    rows["k"], rows["true_atom"], rows["cell_size"] = 3, 1, 2
+    row = rate_table(rows, _experiment()).iloc[0]
+    assert row.cell_size == 2 and row.predicted == 0.25 and row.predicted_rate == "n^-1/4"
+    # 40 replicates at sd 0.3: the interval is narrower than 0.15 (test above), inside -0.25 +- 0.1
+    assert row.verdict == "consistent" and row.margin == 0.1
+
+
+def test_flat_series_with_a_wide_interval_is_inconclusive():
+    """No decay, 5 replicates at log-sd 2.5: the median's log-sd is about 1.25 * 2.5 / sqrt(5) = 1.4, the
+    slope's 1.4 / 4.8 = 0.29 over this grid, so the interval (about +-0.57) holds 0 and the prediction -0.25."""
+    rows = synthetic_rows(0.0, reps=5, sd=2.5, quantity="param:expert:max", series=("default/k=3",))
+    rows["k"], rows["true_atom"], rows["cell_size"] = 3, 1, 2
+    row = rate_table(rows, _experiment()).iloc[0]
+    assert row.ci_low < -0.25 < row.ci_high and row.ci_low < 0 < row.ci_high
+    assert row.min_replicates == 5 and row.verdict == "inconclusive"
+
+
+def test_too_few_replicates_give_no_conclusive_verdict():
+    """One replicate per n: every bootstrap resample is the data, the interval has width 0."""
+    rows = synthetic_rows(0.25, reps=1, sd=0.0, quantity="param:expert:max", series=("default/k=3",))
+    rows["k"], rows["true_atom"], rows["cell_size"] = 3, 1, 2
+    row = rate_table(rows, _experiment()).iloc[0]
+    assert row.ci_low == row.ci_high and row.min_replicates == 1
+    assert row.verdict == "inconclusive"
+    assert verdict(0.25, "n^-1/4", -0.25, (-0.26, -0.24), min_replicates=4) == "inconclusive"
+    assert verdict(0.25, "n^-1/4", -0.25, (-0.26, -0.24), min_replicates=5) == "consistent"
+
+
+def test_rows_are_keyed_by_each_replicates_cell_size():
+    """Half the replicates over-specify the atom (n^-1/4), half fit it exactly (n^-1/2): two rows, each
+    against its own prediction, where labelling by one cell size would give one of them the wrong one."""
+    over = synthetic_rows(0.25, quantity="param:gate:mean", series=("default/k=3",), rng=1)
+    exact = synthetic_rows(0.5, quantity="param:gate:mean", series=("default/k=3",), rng=2)
+    over["cell_size"], exact["cell_size"] = 2, 1
+    exact["replicate"] += 40
+    rows = pd.concat([over, exact], ignore_index=True).assign(k=3, true_atom=1)
+    rows["certified"] = rows.replicate % 4 != 0
+    table = rate_table(rows, _experiment()).set_index("cell_size")
+    assert list(table.index) == [-1, 1, 2]  # the pooled row first, without a prediction
+    np.testing.assert_array_equal(table.predicted, [np.nan, 0.5, 0.25])
+    assert list(table.verdict) == ["", "consistent", "consistent"]
+    np.testing.assert_allclose(table.cell_share, [1.0, 0.5, 0.5])
+    np.testing.assert_allclose(table.certified_share, 0.75)
+    assert np.isnan(rate_table(rows.drop(columns="certified")).certified_share).all()
+
+
+def test_margin_comes_from_the_config_and_is_checked():
     rows = synthetic_rows(0.25, quantity="param:expert:max", series=("default/k=3",))
     rows["k"], rows["true_atom"], rows["cell_size"] = 3, 1, 2
-    row = rate_table(rows, exp).iloc[0]
-    assert row.cell_size == 2 and row.predicted == 0.25 and row.predicted_rate == "n^-1/4"
-    assert row.verdict == "consistent" and row.verdict_upper == "consistent"
+    assert rate_table(rows, _experiment(margin=0.3)).iloc[0].margin == 0.3
+    assert rate_table(rows, _experiment(margin=0.3), margin=0.05).iloc[0].margin == 0.05
+    with pytest.raises(ValueError, match="margin=-0.1 is not allowed"):
+        rate_table(rows, _experiment(margin=-0.1))
 
 
 def test_sample_complexity_inverts_the_fitted_line():

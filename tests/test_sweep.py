@@ -1,5 +1,6 @@
 """The sweep engine: seeding by address, bit-identical results across workers and backends, resume."""
 
+import functools
 from types import SimpleNamespace
 
 import numpy as np
@@ -27,7 +28,7 @@ TINY = {
 }
 
 
-def fake_fit(spec, X, y, k, method, init, n_starts, rng, G_true, backend, fail_prob=0.0, **options):
+def fake_fit(spec, X, y, k, method, init, n_starts, rng, G_true, fail_prob=0.0, **options):
     """A test double for `moe_sim.fit.fit`: the truth (last atom repeated up to k) moved by n^-1/2 noise.
 
     It reads the data (objective, truth objective) and draws from `rng`, so any seeding slip shows.
@@ -95,8 +96,9 @@ def test_resume_refuses_a_different_config(exp, tmp_path):
 
 
 def test_failed_fits_are_rows(tmp_path):
-    exp = parse_config({**TINY, "estimator": {"options": {"fail_prob": 0.5}}})
-    rows = store.load_results(run_sweep(exp, tmp_path, fit_fn=fake_fit, progress=False))
+    exp = parse_config(TINY)
+    rows = store.load_results(run_sweep(exp, tmp_path, fit_fn=functools.partial(fake_fit, fail_prob=0.5),
+                                        progress=False))
     failed = rows[rows.status == "failed"]
     assert 0 < failed.groupby(["series", "n", "replicate"]).ngroups < 30
     assert failed.value.isna().all() and failed.reason.str.contains("FloatingPointError").all()
@@ -149,19 +151,3 @@ def test_analysis_settings_do_not_invalidate_results(exp, tmp_path):
     changed = parse_config({**TINY, "description": "new words", "analysis": {"target_error": 0.1}})
     run_sweep(changed, tmp_path, fit_fn=fake_fit, tasks=make_tasks(exp)[:2], progress=False)
     assert len(store.finished_tasks(tmp_path)) == 2
-
-
-def test_torch_backend_fits_each_task_as_one_batch(tmp_path):
-    """estimator.backend = "torch": one batched fit per task, each replicate as good as its NumPy fit."""
-    pytest.importorskip("torch")
-    raw = {**TINY, "k": 2, "n": [400], "replicates": 3, "chunk": 3,
-           "truth": {"bias": [0.0, 0.0], "gate": [[2.0], [0.0]], "expert": [[1.0, -1.3], [-1.7, -0.4]]},
-           "bounds": [-3.0, 3.0], "estimator": {"n_starts": 2}}
-    numpy_rows = store.load_results(run_sweep(parse_config(raw), tmp_path / "numpy", progress=False))
-    torch_exp = parse_config({**raw, "estimator": {"n_starts": 2, "backend": "torch"}})
-    torch_rows = store.load_results(run_sweep(torch_exp, tmp_path / "torch", progress=False))
-    np.testing.assert_array_equal(torch_rows.truth_objective.unique(), numpy_rows.truth_objective.unique())
-    per_rep = lambda rows: rows.groupby("replicate").objective.first().to_numpy()  # noqa: E731
-    assert np.all(per_rep(torch_rows) <= per_rep(numpy_rows) * (1 + 1e-6))
-    with pytest.raises(ValueError, match="estimator.backend"):
-        parse_config({**raw, "estimator": {"backend": "jax"}})

@@ -37,8 +37,15 @@ def test_exact_fit_has_no_over_specified_rows(paper_a):
 
 def test_softmax_ffn_relu_and_linear(sigmoid_tanh):
     _, G = sigmoid_tanh
+    scaled = ms.predicted_rates(ms.MoESpec(gate="softmax", expert="scaled_tanh"), G, 3)
+    assert _rate(scaled, "over", "expert", 2).exponent == 0.25 and _rate(scaled, "over", "expert", 2).tag == "R"
+    assert _rate(scaled, "exact", "expert", 1).exponent == 0.5
+    # act(a x + b), with an inner bias: the theory does not cover its over-specified cells
     tanh = ms.predicted_rates(ms.MoESpec(gate="softmax", expert="tanh"), G, 3)
-    assert _rate(tanh, "over", "expert", 2).exponent == 0.25 and _rate(tanh, "over", "expert", 2).tag == "R"
+    for block in ("weight", "gate", "expert"):
+        row = _rate(tanh, "over", block, 2)
+        assert row.rate == "measured" and np.isnan(row.exponent) and row.tag == "measured"
+    assert _rate(tanh, "exact", "expert", 1).exponent == 0.5
     relu = ms.predicted_rates(ms.MoESpec(gate="softmax", expert="relu"), G, 3)
     assert _rate(relu, "over", "expert", 2).rate == "not identified"
     assert np.isnan(_rate(relu, "over", "expert", 2).exponent)
@@ -46,13 +53,44 @@ def test_softmax_ffn_relu_and_linear(sigmoid_tanh):
     assert _rate(linear, "over", "gate", 2).rate == "slow"
 
 
+def test_scaled_relu_expert_is_not_identified_even_exactly(sigmoid_tanh):
+    """eta_2 ReLU(eta_1 x) = (eta_2 / s) ReLU(s eta_1 x): the expert trades scale in every cell."""
+    _, G = sigmoid_tanh
+    table = ms.predicted_rates(ms.MoESpec(gate="softmax", expert="scaled_relu"), G, 3)
+    assert _rate(table, "exact", "expert", 1).rate == "not identified"
+    assert _rate(table, "exact", "gate", 1).exponent == 0.5
+    assert _rate(table, "over", "gate", 2).rate == "not identified"
+
+
+def test_gaussian_moe_with_scaled_experts_is_read_from_the_sibling_paper():
+    spec = ms.MoESpec(gate="softmax", expert="scaled_gelu", likelihood="gaussian")
+    G = ms.MixingMeasure([0.0, 0.0], [[1.0], [0.0]], [[1.0, 2.0], [-1.0, 1.0]], var=[0.1, 0.2])
+    table = ms.predicted_rates(spec, G, 3)
+    for block in ("gate", "expert", "var"):
+        assert _rate(table, "over", block, 2).exponent == 0.25 and _rate(table, "over", block, 2).tag == "V"
+    assert _rate(table, "exact", "var", 1).exponent == 0.5
+
+
+def test_expert_classes():
+    from moe_sim.theory import expert_class
+
+    classes = {name: expert_class(family) for name, family in ms.EXPERTS.items()}
+    assert classes["scaled_tanh"] == classes["scaled_gelu"] == classes["scaled_sigmoid"] == "strong"
+    assert classes["tanh"] == classes["gelu"] == classes["sigmoid"] == "inner_bias"
+    assert classes["relu"] == "homogeneous" and classes["scaled_relu"] == "homogeneous_scaled"
+    assert classes["linear"] == "weak" and classes["constant"] == "none"
+
+
 def test_sigmoid_regimes(sigmoid_tanh):
     spec, G = sigmoid_tanh
     dense = ms.predicted_rates(spec, G, 3)
     assert set(dense.cell) == {"all", "exact"} and set(dense.reference) >= {"G_bar"}
+    assert _rate(dense, "exact", "expert", 1).exponent == 0.5
     sparse_truth = ms.MixingMeasure(G.bias, [[3.0], [0.0]], G.expert)
-    sparse = ms.predicted_rates(spec, sparse_truth, 3)
-    assert _rate(sparse, "over", "expert", 2).exponent == 0.25
+    assert _rate(ms.predicted_rates(spec, sparse_truth, 3), "over", "expert", 2).rate == "measured"
+    scaled = ms.MoESpec(gate="sigmoid", expert="scaled_tanh")
+    sparse = ms.predicted_rates(scaled, sparse_truth, 3)
+    assert _rate(sparse, "over", "expert", 2).exponent == 0.25 and _rate(sparse, "over", "expert", 2).tag == "V"
 
 
 def test_quadratic_softmax_is_logarithmic():
@@ -62,7 +100,7 @@ def test_quadratic_softmax_is_logarithmic():
 
 
 def test_every_rule_is_tagged():
-    assert all(rule.tag in {"S", "R", "measured"} and rule.source for rule in RULES)
+    assert all(rule.tag in {"S", "V", "R", "measured"} and rule.source for rule in RULES)
 
 
 def test_k_below_truth_is_rejected(paper_a):
@@ -72,10 +110,12 @@ def test_k_below_truth_is_rejected(paper_a):
 
 
 def test_partially_quadratic_softmax_follows_the_linear_score():
-    spec = ms.MoESpec(gate="softmax", score="partial_quadratic", expert="tanh")
+    spec = ms.MoESpec(gate="softmax", score="partial_quadratic", expert="scaled_tanh")
     G = ms.MixingMeasure([0.0, 0.0], [[1.0], [0.0]], [[0.0, 1.0], [1.0, -1.0]])
     row = _rate(ms.predicted_rates(spec, G, 3), "over", "expert", 2)
     assert row.exponent == 0.25 and row.tag == "R"
-    sigmoid = ms.MoESpec(gate="sigmoid", score="partial_quadratic", expert="tanh")
+    inner_bias = ms.MoESpec(gate="softmax", score="partial_quadratic", expert="tanh")
+    assert _rate(ms.predicted_rates(inner_bias, G, 3), "over", "expert", 2).rate == "measured"
+    sigmoid = ms.MoESpec(gate="sigmoid", score="partial_quadratic", expert="scaled_tanh")
     regime1 = ms.MixingMeasure([0.0, 0.0], [[1.0], [0.0]], [[0.0, 1.0], [1.0, -1.0]])
     assert _rate(ms.predicted_rates(sigmoid, regime1, 3), "over", "gate", 2).exponent == 0.25

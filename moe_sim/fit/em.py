@@ -10,7 +10,15 @@ One iteration is an E-step (`moe_sim.model.responsibilities`, in log space) and 
   does not decrease.
 
 Each block's part of the expected complete log-likelihood never decreases, so the log-likelihood never does
-(up to rounding). Every per-sample product the M-step needs is a linear statistic of the responsibilities:
+(up to rounding).
+
+Stopping does not scale with n: a start is converged when the gradient of the per-sample log-likelihood
+l / n, in the coordinates (free gates, experts, log variances; the last atom's gate pinned, a variance at
+its floor only free to grow), has sup-norm at most `tol`. The gradient is free in EM: by Fisher's identity
+it is read off the E-step's statistics. EM crawls along the flat directions of an over-specified cell, so
+once an iteration gains less than `_HANDOVER` nats per sample the start is polished by L-BFGS-B on the
+full log-likelihood until the gradient test holds (THEORY.md s7: a relative stopping rule left large-n fits
+where their start put them). Every per-sample product the M-step needs is a linear statistic of the responsibilities:
 it is read off one (k x n) @ (n x r) product against data-only rows computed once per data set
 (`_Design`), so an iteration costs the E-step, that product and one gate evaluation per Newton trial.
 """
@@ -22,6 +30,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from scipy.optimize import minimize
 
 from ..measure import MixingMeasure, MoESpec
 from ..model import Features, check_inputs, responsibilities
@@ -79,6 +88,10 @@ class _Design:
     @property
     def m(self) -> int:
         return self.q + 1
+
+    @property
+    def n(self) -> int:
+        return sum(c.y.shape[0] for c in self.chunks)
 
 
 @lru_cache(maxsize=None)
@@ -191,135 +204,178 @@ def _gate_step(T: Array, design: _Design, gate: _Gate) -> _Gate:
     return gate
 
 
+def _score(T: Array, gate: _Gate, design: _Design, expert: Array, var: Array, var_floor: float) -> Array:
+    """The gradient of the log-likelihood at (gate, expert, var), flat in `_Coordinates` order, from the
+    E-step statistics T (Fisher's identity: the gradient of the expected complete log-likelihood)."""
+    m, p = design.m, design.p
+    n_pairs = p * (p + 1) // 2
+    A = _symmetric(T[:, m : m + n_pairs], p)
+    b = T[:, m + n_pairs : m + n_pairs + p]
+    ssr = T[:, -1] - 2.0 * np.einsum("kp,kp->k", expert, b) + np.einsum("kp,kpq,kq->k", expert, A, expert)
+    d_gate = T[:, :m] - gate.single[:, :m]
+    d_expert = (b - np.einsum("kpq,kq->kp", A, expert)) / var[:, None]
+    d_log_var = 0.5 * (ssr / var - T[:, 0])
+    d_log_var = np.where((var <= var_floor) & (d_log_var < 0), 0.0, d_log_var)  # at the floor: only up
+    return np.concatenate([d_gate[:-1].ravel(), d_expert.ravel(), d_log_var])
+
+
+@dataclass(frozen=True)
+class _Coordinates:
+    """The polish's parameter vector: free gate rows (k - 1, m), experts (k, p), log variances (k)."""
+
+    k: int
+    m: int
+    p: int
+
+    def pack(self, gate_theta: Array, expert: Array, var: Array) -> Array:
+        return np.concatenate([gate_theta[:-1].ravel(), expert.ravel(), np.log(var)])
+
+    def unpack(self, x: Array) -> tuple[Array, Array, Array]:
+        k, m, p = self.k, self.m, self.p
+        free, expert, log_var = np.split(x, np.cumsum([(k - 1) * m, k * p]))
+        gate_theta = np.vstack([free.reshape(k - 1, m), np.zeros((1, m))])
+        return gate_theta, expert.reshape(k, p), np.exp(log_var)
+
+
+def _state(spec: MoESpec, design: _Design, gate_theta: Array, expert: Array, var: Array):
+    """(log-likelihood, E-step statistics, gate sums, measure) at the given parameters."""
+    G = MixingMeasure(gate_theta[:, 0], gate_theta[:, 1:], expert, var)
+    ll, T = _e_step(spec, G, design)
+    return ll, T, _Gate.at(gate_theta, design), G
+
+
+def _sup(x: Array) -> float:
+    return float(np.max(np.abs(x), initial=0.0))
+
+
 @dataclass
 class _Path:
-    """One start's run: final measure, its log-likelihood, the per-iteration log-likelihoods."""
+    """One start's run: final measure, its log-likelihood, the per-iteration log-likelihoods (EM phase)."""
 
     measure: MixingMeasure
     loglik: float
     trace: Array
     n_iter: int
+    n_polish: int
+    statistic: float
     converged: bool
+    stop: str
     reason: str
 
 
-def _run(spec: MoESpec, design: _Design, G0: MixingMeasure, tol, max_iter, var_floor) -> _Path:
-    """EM from G0 (translated so its last atom's gate is zero; variances floored)."""
+# Per-sample log-likelihood gain of an EM iteration below which a start is handed to the polish. Not a
+# stopping rule: only the gradient test stops a start.
+_HANDOVER = 1e-6
+
+
+def _run(spec: MoESpec, design: _Design, G0: MixingMeasure, tol, max_iter, var_floor, polish) -> _Path:
+    """EM from G0 (translated so its last atom's gate is zero; variances floored), then the polish."""
+    n = design.n
     theta = np.column_stack([G0.bias, G0.gate])
     theta = theta - theta[-1]
     expert, var = G0.expert.copy(), np.maximum(G0.var, var_floor)
     gate = _Gate.at(theta, design)
     G = MixingMeasure(theta[:, 0], theta[:, 1:], expert, var)
     trace: list[float] = []
-    best = None
-    reason, converged = "max_iter", False
+    best, statistic = None, np.inf
+    reason, stop = "iteration cap", "max_iter"
     for it in range(max_iter + 1):
         ll, T = _e_step(spec, G, design)
         if not np.isfinite(ll):
-            reason = f"non-finite log-likelihood at iteration {it}"
+            reason, stop = f"non-finite log-likelihood at iteration {it}", "failed"
             break
         trace.append(ll)
-        best = (G, ll, it)
-        if it and abs(ll - trace[-2]) <= tol * max(abs(trace[-2]), 1.0):
-            reason, converged = "", True
+        statistic = _sup(_score(T, gate, design, expert, var, var_floor)) / n
+        best = (G, ll, it, statistic, gate.theta, expert, var)
+        if statistic <= tol:
+            reason, stop = "", "gradient"
             break
-        if it == max_iter:
+        if it == max_iter or (polish and it and ll - trace[-2] < _HANDOVER * n):
             break
         try:
             expert, var = _expert_step(T, design, expert, var, var_floor)
             gate = _gate_step(T, design, gate)
         except np.linalg.LinAlgError as exc:
-            reason = f"singular M-step at iteration {it}: {exc}"
+            reason, stop = f"singular M-step at iteration {it}: {exc}", "failed"
             break
         if not (np.all(np.isfinite(gate.theta)) and np.all(np.isfinite(expert)) and np.all(np.isfinite(var))):
-            reason = f"non-finite parameters after the M-step of iteration {it}"
+            reason, stop = f"non-finite parameters after the M-step of iteration {it}", "failed"
             break
         G = MixingMeasure(gate.theta[:, 0], gate.theta[:, 1:], expert, var)
     if best is None:
-        return _Path(G, -np.inf, np.asarray(trace), 0, False, reason)
-    G, ll, it = best
-    return _Path(G, ll, np.asarray(trace), it, converged, reason)
+        return _Path(G, -np.inf, np.asarray(trace), 0, 0, np.nan, False, "failed", reason)
+    G, ll, it, statistic, gate_theta, expert, var = best
+    if stop == "gradient" or not polish or stop == "failed" and not trace:
+        return _Path(G, ll, np.asarray(trace), it, 0, statistic, stop == "gradient", stop, reason)
+    return _polish(spec, design, G, ll, gate_theta, expert, var, np.asarray(trace), it, tol, max_iter, var_floor)
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+def _polish(spec, design, G, ll, gate_theta, expert, var, trace, n_em, tol, max_iter, var_floor) -> _Path:
+    """L-BFGS-B on -l / n from the EM end point until the gradient test holds (restarted at most 8 times)."""
+    n, coords = design.n, _Coordinates(G.k, design.m, design.p)
+    lower = np.concatenate([np.full(coords.k * (coords.m + coords.p) - coords.m, -np.inf),
+                            np.full(coords.k, np.log(var_floor))])
+    bounds = [(lo, None) for lo in lower]
+
+    def objective(x):
+        gate_theta_, expert_, var_ = coords.unpack(x)
+        ll_, T, gate_, _ = _state(spec, design, gate_theta_, expert_, var_)
+        if not np.isfinite(ll_):
+            return np.inf, np.zeros_like(x)
+        return -ll_ / n, -_score(T, gate_, design, expert_, var_, -np.inf) / n
+
+    x = coords.pack(gate_theta, expert, var)
+    nit, statistic, message = 0, np.inf, ""
+    for _ in range(8):
+        res = minimize(objective, x, jac=True, method="L-BFGS-B", bounds=bounds,
+                       options={"ftol": 0.0, "gtol": tol, "maxiter": max(max_iter - nit, 1), "maxfun": 2 * max_iter,
+                                "maxcor": 20})
+        nit, message = nit + int(res.nit), str(res.message)
+        if not np.isfinite(res.fun) or -res.fun * n < ll:
+            break  # keep the better of EM's end point and the polish
+        x, ll = res.x, -res.fun * n
+        g_theta, expert, var = coords.unpack(x)
+        state = _state(spec, design, g_theta, expert, var)
+        ll, G = state[0], state[3]
+        statistic = _sup(_score(state[1], state[2], design, expert, var, var_floor)) / n
+        if statistic <= tol or nit >= max_iter:
+            break
+    if statistic == np.inf:  # the polish never improved on EM: the statistic of EM's end point
+        g_theta, expert, var = coords.unpack(x)
+        state = _state(spec, design, g_theta, expert, var)
+        statistic = _sup(_score(state[1], state[2], design, expert, var, var_floor)) / n
+    converged = statistic <= tol
+    reason = "" if converged else (
+        f"gradient test not met: ||grad l / n|| = {statistic:.2e} > tol = {tol:.0e} after {n_em} EM and {nit} "
+        f"polish iterations (L-BFGS-B: {message})")
+    return _Path(G, ll, trace, n_em + nit, nit, statistic, converged, "gradient" if converged else "polish", reason)
 
 
-def _check_starts(spec: MoESpec, k, starts) -> list[tuple[str, MixingMeasure]]:
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    starts = list(starts)
-    if not starts:
-        raise ValueError("starts is empty: give at least one (name, MixingMeasure) pair")
-    for i, start in enumerate(starts):
-        if not (
-            isinstance(start, tuple) and len(start) == 2 and isinstance(start[0], str)
-            and isinstance(start[1], MixingMeasure)
-        ):
-            raise ValueError(f"starts[{i}] must be a (name, MixingMeasure) pair, got {start!r}")
-        spec.check_measure(start[1], f"starts[{i}] measure")
-        if start[1].k != k:
-            raise ValueError(f"starts[{i}] ({start[0]!r}) has {start[1].k} atoms, but k={k}")
-    return starts
-
-
-def em_fit(
-    spec: MoESpec,
-    X,
-    y,
-    k: int,
-    starts,
-    tol: float = 1e-6,
-    max_iter: int = 2000,
-    var_floor: float = 1e-6,
-    rng=None,
-    *,
-    trace: bool = False,
-) -> FitResult:
-    """Maximum likelihood for the softmax Gaussian MoE by EM, best of `starts` (a list of (name, measure)).
-
-    Stops when the relative log-likelihood change is below `tol` (relative to max(|loglik|, 1)), or after
-    `max_iter` iterations (converged False, reason "max_iter"); a NaN stops a start with a reason, never an
-    exception. Start variances below `var_floor` are raised to it. The returned measure has its last atom's
-    (bias, gate) pinned at zero; `objective` is its total log-likelihood (higher is better), n_iter the number
-    of EM iterations. EM draws nothing: `rng` is accepted for the fitters' common signature. With trace=True
-    the result carries `trace`, a list (one per start) of per-iteration log-likelihood arrays (entry i is the
-    log-likelihood after i iterations).
-    """
+def check_em_spec(spec: MoESpec) -> None:
+    """EM needs a softmax-gated Gaussian MoE with experts linear in their parameters."""
     if spec.likelihood != "gaussian" or spec.gate_name != "softmax":
         raise ValueError(
-            f"em_fit needs likelihood='gaussian' and gate='softmax', got likelihood={spec.likelihood!r}, "
+            f"EM needs likelihood='gaussian' and gate='softmax', got likelihood={spec.likelihood!r}, "
             f"gate={spec.gate_name!r}"
         )
     if not spec.expert_family.linear_in_params:
         raise ValueError(
-            f"em_fit needs experts linear in their parameters (linear, polynomial, constant), got "
+            f"EM needs experts linear in their parameters (linear, polynomial, constant), got "
             f"expert={spec.expert_name!r}"
         )
-    if not (_is_real(tol) and np.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a non-negative number, got {tol!r}")
-    if not isinstance(max_iter, (int, np.integer)) or max_iter < 0:
-        raise ValueError(f"max_iter must be a non-negative integer, got {max_iter!r}")
-    if not (_is_real(var_floor) and np.isfinite(var_floor) and var_floor > 0):
-        raise ValueError(f"var_floor must be a positive number, got {var_floor!r}")
-    X, y = check_inputs(spec, X, y)
-    starts = _check_starts(spec, k, starts)
-    t0 = time.perf_counter()
+
+
+def local_fits(spec: MoESpec, X, y, k: int, starts, *, tol: float, max_iter: int, var_floor: float,
+               polish: bool, trace: bool = False) -> list[StartResult]:
+    """EM (then the polish) from each start, as `StartResult`s whose objective is the log-likelihood and
+    measure the end point, its last atom's (bias, gate) pinned at zero. With trace=True each record carries
+    `trace`, the per-iteration log-likelihoods of its EM phase (entry i after i iterations)."""
     with np.errstate(all="ignore"):
         design = _Design.of(spec, X, y)
-        paths = [_run(spec, design, G0, tol, max_iter, var_floor) for _, G0 in starts]
-    best = max(range(len(paths)), key=lambda i: paths[i].loglik)
-    path = paths[best]
-    result = FitResult(
-        measure=path.measure if np.isfinite(path.loglik) else None,
-        objective=path.loglik,
-        n_iter=path.n_iter,
-        converged=path.converged,
-        runtime_s=time.perf_counter() - t0,
-        method="em",
-        reason=path.reason,
-        starts=[StartResult(name, p.loglik, p.n_iter, p.converged, p.reason) for (name, _), p in zip(starts, paths)],
-    )
-    if trace:
-        result.trace = [p.trace for p in paths]
-    return result
+        paths = [_run(spec, design, G0, tol, max_iter, var_floor, polish) for _, G0 in starts]
+    records = []
+    for (name, _), p in zip(starts, paths):
+        records.append(StartResult(name, p.loglik, p.n_iter, p.converged, p.reason, p.statistic,
+                                   p.measure if np.isfinite(p.loglik) else None, p.stop, p.n_polish,
+                                   p.trace if trace else None))
+    return records

@@ -12,6 +12,14 @@ carry variances (the residual variance of the start's regression function, or th
   the activation's linearisation for FFN experts) and a least-squares gate that scores the cluster's members.
 - ``random`` (truth-free): each expert interpolates p data points drawn at random (RANSAC-like, so its scale
   follows the data), gates drawn at the scale of the gate features.
+- ``split`` (truth-free, k >= 2): from the best fit with k - 1 atoms (itself reached from fewer: the global
+  search fits the chain), one atom is split in two along its gate, its expert or its weight, the classic
+  route to the optima of over-specified mixtures (greedy and split-and-merge EM).
+- ``merge`` (truth-free, k >= 3, from the second round of a search on): the reverse move on the best k-atom
+  fit so far: its two closest atoms merged, another atom split along its expert.
+
+`split` and `merge` start from fits, so `initial_measures` leaves them to the global search
+(`moe_sim.fit.search`), which draws them through `split_starts` and `merge_starts`.
 """
 
 from __future__ import annotations
@@ -21,14 +29,17 @@ import numpy as np
 from ..measure import MixingMeasure, MoESpec
 from ..model import Features, check_inputs, forward
 
-TRUTH_FREE = ("kmeans", "random")
+TRUTH_FREE = ("kmeans", "random", "split", "merge")
+FROM_FITS = ("split", "merge")  # drawn by the global search from its own fits
 INITS = ("near_truth", *TRUTH_FREE)
-# init="default", per estimator: starts per strategy (near_truth only when the truth is given). Least squares
-# keeps k-means starts although 16 random ones reach the truth's RSS more often on a sigmoid tanh model: on
-# paper b's over-specified model the lowest RSS lies in a distant configuration that random and near-truth
-# starts alone miss (benchmarks/README.md).
-DEFAULT_PLAN = {"lse": {"kmeans": 8, "random": 8, "near_truth": 8}, "em": {"kmeans": 1, "random": 1, "near_truth": 1}}
-PER_STRATEGY = {"lse": 8, "em": 1}  # starts per named strategy when n_starts is not given
+# init="default", per estimator and round of the global search: starts per strategy (near_truth only when the
+# truth is given). Least squares keeps k-means starts: on paper b's over-specified model the lowest RSS lies
+# in a distant configuration that random and near-truth starts alone miss (benchmarks/README.md).
+DEFAULT_PLAN = {
+    "lse": {"kmeans": 8, "random": 8, "split": 6, "merge": 2, "near_truth": 8},
+    "em": {"kmeans": 2, "random": 2, "split": 4, "merge": 2, "near_truth": 1},
+}
+PER_STRATEGY = {"lse": 8, "em": 2}  # starts per named strategy when n_starts is not given
 _GATE_LOGIT = 2.0  # target gate logit of a cluster's members (minus for non-members)
 _MAX_POINTS = 4000  # truth-free strategies look at a random subsample of at most this many points
 _RIDGE = 1e-8
@@ -53,9 +64,37 @@ def _expert_fit(spec: MoESpec, psi: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Expert parameters whose (linearised) expert fits y: psi (p, m), y (m,)."""
     if spec.expert_family.linear_in_params:
         return _solve(psi.T, y)
+    if spec.expert_family.scaled:
+        return np.clip(_scaled_expert_fit(spec, psi, y), -10.0, 10.0)
     u0, a0, s0 = _linearisation_point(spec)
     eta = _solve(psi.T, u0 + (y - a0) / s0)
     return np.clip(eta, -10.0, 10.0)
+
+
+_SCALED_SPREADS = (0.5, 1.0, 2.0, 4.0)  # candidate sd of eta_1 . x: near-linear to saturated activations
+
+
+def _scaled_expert_fit(spec: MoESpec, psi: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """[eta_2, eta_1] of eta_2 act(eta_1 . x) fitting y: eta_1 along the slope of an affine least-squares fit
+    of y on x, at the sign and length (a few spreads of eta_1 . x) whose best scale eta_2 (a 1-d least
+    squares, in closed form) leaves the smallest residual. A pre-activation without an inner bias cannot be
+    shifted to the activation's steepest point, so the length is searched instead of linearised; both signs
+    are tried because relu(eta_1 . x) is zero on one side."""
+    slope = _solve(np.vstack([np.ones(psi.shape[1]), psi]).T, y)[1:]
+    norm = np.linalg.norm(slope)
+    direction = slope / norm if norm > 0 else np.eye(len(slope))[0]
+    t = direction @ psi
+    spread = max(float(np.std(t)), float(np.max(np.abs(t))) / 2, 1e-12)
+    best = None
+    for length in _SCALED_SPREADS:
+        for sign in (1.0, -1.0):
+            eta_1 = sign * length / spread * direction
+            a = spec.expert_family.activation(eta_1 @ psi)
+            eta_2 = float(a @ y) / (float(a @ a) + _RIDGE)
+            rss = float(np.sum((y - eta_2 * a) ** 2))
+            if best is None or rss < best[0]:
+                best = (rss, np.concatenate([[eta_2], eta_1]))
+    return best[1]
 
 
 def _subsample(X: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -159,6 +198,75 @@ def near_truth(
     )
 
 
+def _with_atom(G: MixingMeasure, i: int, first: tuple, second: tuple) -> MixingMeasure:
+    """G with atom i replaced by two atoms (bias, gate, expert[, var]) given as `first` and `second`."""
+    keep = [j for j in range(G.k) if j != i]
+    rest = G.subset(keep) if keep else None
+    parts = [np.array([first[0], second[0]]), np.vstack([first[1], second[1]]), np.vstack([first[2], second[2]])]
+    var = None if G.var is None else np.array([G.var[i], G.var[i]])
+    if rest is None:
+        return MixingMeasure(*parts, var)
+    return MixingMeasure(np.concatenate([rest.bias, parts[0]]), np.vstack([rest.gate, parts[1]]),
+                         np.vstack([rest.expert, parts[2]]), None if var is None else np.concatenate([rest.var, var]))
+
+
+def _direction(shape, rng: np.random.Generator, scale: np.ndarray) -> np.ndarray:
+    u = rng.normal(size=shape)
+    return u / max(np.linalg.norm(u), 1e-12) * scale
+
+
+SPLIT_DIRECTIONS = ("gate", "expert", "weight")
+_SPLIT_STEP = 0.25  # split size, relative to 1 + the size of the parameter block
+
+
+def split_starts(spec: MoESpec, G_fewer: MixingMeasure, rng, count: int | None = None) -> list[MixingMeasure]:
+    """Measures with one more atom than G_fewer: each atom in turn split along its gate, its expert and its
+    weight (two copies with shares 0.7 / 0.3), in a random order; the first `count` (all when None)."""
+    rng = np.random.default_rng(rng)
+    out = []
+    for i in range(G_fewer.k):
+        c, beta, eta = G_fewer.bias[i], G_fewer.gate[i], G_fewer.expert[i]
+        for direction in SPLIT_DIRECTIONS:
+            db = _direction(beta.shape, rng, _SPLIT_STEP * (1 + np.linalg.norm(beta)))
+            de = _direction(eta.shape, rng, _SPLIT_STEP * (1 + np.linalg.norm(eta)))
+            half = spec.gate_family.scaled_bias(c, 0.5)
+            if direction == "gate":
+                first, second = (half, beta + db, eta), (half, beta - db, eta)
+            elif direction == "expert":
+                first, second = (half, beta, eta + de), (half, beta, eta - de)
+            else:
+                first, second = (spec.gate_family.scaled_bias(c, 0.7), beta, eta + 0.1 * de), (spec.gate_family.scaled_bias(c, 0.3), beta, eta - 0.1 * de)
+            out.append(_with_atom(G_fewer, i, first, second))
+    order = rng.permutation(len(out))
+    return [out[j] for j in order[:count]]
+
+
+def merge_starts(spec: MoESpec, G: MixingMeasure, rng, count: int) -> list[MixingMeasure]:
+    """Split-and-merge moves on G (k >= 3): its closest pair of atoms merged into their weight-averaged atom,
+    then another atom split along its expert; up to `count` measures, one per atom split."""
+    rng = np.random.default_rng(rng)
+    if G.k < 3:
+        return []
+    theta = np.hstack([G.gate, G.expert])
+    dist = np.linalg.norm(theta[:, None] - theta[None], axis=2) + np.diag(np.full(G.k, np.inf))
+    i, j = np.unravel_index(np.argmin(dist), dist.shape)
+    share = spec.weight_shares(G.bias[[i, j]])
+    merged_bias = spec.gate_family.merged_bias(G.bias[[i, j]])
+    rest = [a for a in range(G.k) if a not in (i, j)]
+    merged = MixingMeasure(
+        np.concatenate([G.bias[rest], [merged_bias]]), np.vstack([G.gate[rest], share @ G.gate[[i, j]]]),
+        np.vstack([G.expert[rest], share @ G.expert[[i, j]]]),
+        None if G.var is None else np.concatenate([G.var[rest], [share @ G.var[[i, j]]]]),
+    )
+    out = []
+    for a in rng.permutation(merged.k - 1)[:count]:
+        c, beta, eta = merged.bias[a], merged.gate[a], merged.expert[a]
+        de = _direction(eta.shape, rng, _SPLIT_STEP * (1 + np.linalg.norm(eta)))
+        half = spec.gate_family.scaled_bias(c, 0.5)
+        out.append(_with_atom(merged, int(a), (half, beta, eta + de), (half, beta, eta - de)))
+    return out
+
+
 _STRATEGIES = {"near_truth": near_truth, "kmeans": kmeans, "random": random}
 
 
@@ -167,6 +275,25 @@ def _with_variance(spec: MoESpec, G: MixingMeasure, X: np.ndarray, y: np.ndarray
     f = forward(spec, G, Features.of(spec, X)).f
     var = max(float(np.mean((y - f) ** 2)), 1e-3 * float(np.var(y)), 1e-12)
     return MixingMeasure(G.bias, G.gate, G.expert, np.full(G.k, var))
+
+
+def check_starts(spec: MoESpec, k, starts) -> list[tuple[str, MixingMeasure]]:
+    """The starts as a list of (name, k-atom measure of this family) pairs, or a ValueError naming the bad one."""
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    starts = list(starts)
+    if not starts:
+        raise ValueError("starts is empty: give at least one (name, MixingMeasure) pair")
+    for i, start in enumerate(starts):
+        if not (
+            isinstance(start, tuple) and len(start) == 2 and isinstance(start[0], str)
+            and isinstance(start[1], MixingMeasure)
+        ):
+            raise ValueError(f"starts[{i}] must be a (name, MixingMeasure) pair, got {start!r}")
+        spec.check_measure(start[1], f"starts[{i}] measure")
+        if start[1].k != k:
+            raise ValueError(f"starts[{i}] ({start[0]!r}) has {start[1].k} atoms, but k={k}")
+    return starts
 
 
 def start_plan(init, n_starts: int | None, G_true: MixingMeasure | None, method: str = "lse") -> dict[str, int]:
@@ -202,7 +329,8 @@ def initial_measures(
     spec: MoESpec, X, y, k: int, init="default", n_starts: int | None = None, rng=None,
     G_true: MixingMeasure | None = None, scale: float = 0.1, power: float = 0.0, method: str = "lse",
 ) -> list[tuple[str, MixingMeasure]]:
-    """Starting measures as (strategy name, measure) pairs, as many per strategy as `start_plan` says.
+    """Starting measures as (strategy name, measure) pairs, as many per strategy as `start_plan` says (the
+    plan's split and merge starts are left to the global search, which draws them from its fits).
 
     scale and power set the near_truth noise sd, scale * n^-power. Deterministic for a seed.
     """
@@ -212,6 +340,10 @@ def initial_measures(
     plan = start_plan(init, n_starts, G_true, method)
     rng = np.random.default_rng(rng)
     starts = []
+    from_fits = sorted(set(plan) & set(FROM_FITS))
+    if from_fits and not (isinstance(init, str) and init == "default"):
+        raise ValueError(f"init {from_fits} start from fits: the global search of `moe_sim.fit.fit` draws them")
+    plan = {name: count for name, count in plan.items() if name not in FROM_FITS}
     for name, count in plan.items():
         for _ in range(count):
             if name == "near_truth":

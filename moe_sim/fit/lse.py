@@ -1,22 +1,19 @@
-"""Least squares for the regression MoE: multi-start L-BFGS-B on the analytic gradient.
+"""Least squares for the regression MoE: L-BFGS-B on the analytic gradient, certified by a scale-free test.
 
-The optimiser minimises F = RSS / (2 n var(y)), so F is O(1) whatever n and the scale of y, and the stopping
-rule can be n-aware: a local optimum differs from the global one by about sigma^2 / n per sample, so the
-relative-decrease tolerance is ftol = ftol_n / n (ftol_n = 1e-6 by default, floored at 1e-15) and the
-projected-gradient tolerance is tiny (gtol = 1e-10). scipy's defaults (ftol 2.2e-9, 15000 iterations) stop
-after 15 to 25 iterations, often above the truth's objective (THEORY.md s6).
+The optimiser minimises F = RSS / (2 n var(y)). A fit is converged when the projected gradient of log F is
+small: ||P grad F||_inf / F <= tol (P zeroes the components that push against an active bound). That
+statistic is the gradient of the per-sample objective relative to its value, so it means the same at every
+n and every noise level; a relative decrease of F, scipy's own test, does not (its threshold measured in
+sigma^2 grows like n, THEORY.md s7). L-BFGS-B runs on F / F_ref with F_ref the value a previous run ended
+at, so its projected-gradient test (pgtol) is this statistic, and is restarted until the test holds, the
+line search reaches machine precision, or the iteration cap (`max_iter` over all restarts) runs out.
 
-Multi-start with screening: near-truth starts alone miss the global fit, and one truth-free start finds it
-only in a fraction of samples (about 1 in 5 for a sigmoid tanh model with k = k*), so `fit` runs many starts.
-With n > `screen` each start is first fitted on a random subsample (by default max(2000, n / 10) points:
-on 2000 points alone, over-specified fits drift to other configurations and 3 of 20 fits at n = 1e5 ended
-worse than the truth) and only the `keep` (KEEP = 4) best distinct optima are polished on the full sample,
-which keeps many starts affordable at n = 1e5.
-benchmarks/README.md records how often the result is no worse than the truth.
+Screening: with n > `screen` each start is first fitted on a random subsample (max(2000, n / 10) points by
+default, at a looser tolerance) and only the best ones are fitted on the full sample: the `keep` best
+distinct optima and the `hits` best overall (so that the global search can count repeated hits).
 
-Noise-free designs (`closest_measure`, `profile`) need the opposite: the objective tends to zero and only a
-relative tolerance resolves it, so they use `trf_fit`, scipy's trust-region reflective Gauss-Newton on the
-full Jacobian (fine at their moderate n).
+Noise-free designs (`closest_measure`, `profile`) use `trf_fit`, scipy's trust-region reflective
+Gauss-Newton on the full Jacobian: the objective tends to zero there and only a relative tolerance resolves it.
 
 Box bounds stop runaway fits (saturated tanh experts, cancelling linear experts): `bounds` is None
 (unconstrained: the estimator the theory studies), a number B (every parameter in [-B, B]), a dict
@@ -29,17 +26,17 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import least_squares, minimize
 from threadpoolctl import ThreadpoolController
 
 from ..measure import MixingMeasure, MoESpec
-from ..model import Features, Scratch, check_inputs, forward, forward_stacked, regression_gradient, regression_vjp
+from ..model import Features, Scratch, check_inputs, forward, forward_stacked, pullback, regression_gradient, regression_vjp
 from .result import FitResult, StartResult
 
 _BLOCKS = ("bias", "gate", "expert")
-KEEP = 4  # starts polished on the full sample after screening (module docstring)
 
 
 @functools.cache
@@ -87,6 +84,19 @@ class RSSObjective:
         with np.errstate(all="ignore"):
             return float(sum(np.sum((y - forward_stacked(self.spec, W, part).f) ** 2) for part, y in self.parts))
 
+    def residuals_and_jacobian(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """f_theta(x_t) - y_t (n,) and its Jacobian (n, P) in to_vector layout, for the Gauss-Newton polish."""
+        W = np.zeros(self.stacked_shape)
+        W.ravel()[self.index] = theta
+        residuals, jacobians = [], []
+        for part, y in self.parts:
+            fw = forward_stacked(self.spec, W, part)
+            D = pullback(self.spec, fw, 1.0)
+            full = (D[:, None, :] * part.basis[None, :, :]).reshape(-1, part.n)
+            residuals.append(fw.f - y)
+            jacobians.append(full[self.index].T)
+        return np.concatenate(residuals), np.vstack(jacobians)
+
     def __call__(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
         """F(theta) = RSS / (2 n var(y)) and its gradient; (inf, 0) where the parameters are not finite."""
         if not np.isfinite(theta).all():
@@ -109,20 +119,16 @@ class RSSObjective:
 
 def box(spec: MoESpec, k: int, bounds) -> tuple[np.ndarray, np.ndarray] | None:
     """The (lower, upper) arrays of a `bounds` argument, in to_vector layout; None when unconstrained."""
+    check_bounds(bounds)
     if bounds is None:
         return None
     size = {"bias": k, "gate": k * spec.q, "expert": k * spec.p}
     total = sum(size.values())
     if isinstance(bounds, dict):
-        unknown = set(bounds) - set(_BLOCKS)
-        if unknown:
-            raise ValueError(f"bounds has unknown blocks {sorted(unknown)}; allowed: {', '.join(_BLOCKS)}")
         pairs = [np.broadcast_to(np.asarray(bounds.get(b, (-np.inf, np.inf)), float), (2,)) for b in _BLOCKS]
         low = np.concatenate([np.full(size[b], lo) for b, (lo, _) in zip(_BLOCKS, pairs)])
         high = np.concatenate([np.full(size[b], hi) for b, (_, hi) in zip(_BLOCKS, pairs)])
     elif np.isscalar(bounds):
-        if not bounds > 0:
-            raise ValueError(f"bounds must be positive when a number, got {bounds!r}")
         low, high = np.full(total, -float(bounds)), np.full(total, float(bounds))
     else:
         low, high = (np.broadcast_to(np.asarray(b, dtype=float), (total,)).copy() for b in bounds)
@@ -131,15 +137,26 @@ def box(spec: MoESpec, k: int, bounds) -> tuple[np.ndarray, np.ndarray] | None:
     return low, high
 
 
-def _reason(res) -> tuple[bool, str]:
-    if not np.isfinite(res.fun):
-        return False, "non-finite objective (NaN or overflow)"
-    if res.status == 1:
-        return False, f"hit the iteration cap ({res.nit} iterations, {res.nfev} evaluations)"
-    if res.status == 0:
-        return True, ""
-    # status 2: the line search cannot decrease F further: converged to machine precision.
-    return True, f"stopped at machine precision: {res.message}"
+def check_bounds(bounds) -> None:
+    """Validate the form of a `bounds` argument before any data is seen (`box` checks its sizes)."""
+    if bounds is None:
+        return
+    if isinstance(bounds, dict):
+        unknown = set(bounds) - set(_BLOCKS)
+        if unknown:
+            raise ValueError(f"bounds has unknown blocks {sorted(unknown)}; allowed: {', '.join(_BLOCKS)}")
+        for block, pair in bounds.items():
+            try:
+                low, high = (float(v) for v in np.broadcast_to(np.asarray(pair, dtype=float), (2,)))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"bounds[{block!r}] = {pair!r} is not allowed: expected (low, high) numbers") from exc
+            if np.isnan(low) or np.isnan(high) or low > high:
+                raise ValueError(f"bounds[{block!r}] = {pair!r} is not allowed: expected low <= high")
+    elif isinstance(bounds, bool) or not (np.isscalar(bounds) or isinstance(bounds, (tuple, list))):
+        raise ValueError(f"bounds = {bounds!r} is not allowed: expected None, a positive number, a table of "
+                         f"blocks ({', '.join(_BLOCKS)}) or a (lower, upper) pair of arrays")
+    elif np.isscalar(bounds) and not (isinstance(bounds, (int, float)) and bounds > 0):
+        raise ValueError(f"bounds = {bounds!r} is not allowed: a number must be positive")
 
 
 def distinct_best(values: list[float], keep: int) -> list[int]:
@@ -151,121 +168,155 @@ def distinct_best(values: list[float], keep: int) -> list[int]:
     return sorted(chosen)
 
 
-_RESCALE_BELOW = 0.5
+def projected_gradient(theta: np.ndarray, grad: np.ndarray, lim) -> np.ndarray:
+    """The gradient with the components that push against an active bound set to zero."""
+    if lim is None:
+        return grad
+    blocked = ((theta <= lim[0]) & (grad > 0)) | ((theta >= lim[1]) & (grad < 0))
+    return np.where(blocked, 0.0, grad)
 
 
-def _minimise(obj: RSSObjective, theta0: np.ndarray, lim, ftol_n: float, gtol: float, max_iter: int,
-              maxcor: int):
-    """L-BFGS-B with the n-aware tolerance, continued on F / F_end while a run's test was absolute.
+@dataclass
+class LocalFit:
+    """Where one local search ended: parameters, scaled objective F, the gradient statistic, the test that
+    certified it ("gradient", "decrement"; "" when none held) and why not."""
 
-    scipy's test (f_k - f_k+1) / max(|f_k|, |f_k+1|, 1) <= ftol is absolute when f < 1, and F = RSS / (2 n
-    var(y)) is about sigma^2 / (2 var(y)) < 1/2: at low noise a run on F stops long before the relative
-    precision ftol, and fits stall in the flat valley of an over-specified cell. So while the objective a run
-    minimised ended below 1/2 (F itself for the first run), the run continues from there on F / F_end, at
-    most twice: the test becomes relative, and the restart clears L-BFGS's memory. Continuing only below
-    F = 1e-2, 3 of 50 samples (k = 3, n = 1e4) ended 0.02 to 0.14 above the truth's RSS (sigma^2 n = 100);
-    below 1/2, 1 (0.14: a local optimum), for 15% more iterations (benchmarks/README.md).
-    """
-    options = {"ftol": max(ftol_n / obj.n, 1e-15), "gtol": gtol, "maxiter": max_iter, "maxfun": 2 * max_iter,
-               "maxcor": maxcor}
+    theta: np.ndarray
+    value: float
+    statistic: float
+    n_iter: int
+    stop: str
+    reason: str
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.stop)
+
+
+_RESTARTS = 8  # L-BFGS-B runs per local fit (each restart clears its memory and rescales by F_ref)
+DECREMENT_TOL = 1e-3  # Gauss-Newton decrement, in units of sigma^2 = RSS / n
+
+
+def _statistic(obj: RSSObjective, theta: np.ndarray, lim) -> tuple[float, float]:
+    """(F, ||P grad F||_inf / F) at theta."""
+    value, grad = obj(theta)
+    return value, float(np.max(np.abs(projected_gradient(theta, grad, lim)), initial=0.0)) / max(value, 1e-300)
+
+
+def gauss_newton_decrement(obj: RSSObjective, theta: np.ndarray, lim) -> float:
+    """The RSS a Gauss-Newton step over the free parameters (those not held at a bound) would gain, in units of
+    sigma^2 = RSS / n: the squared norm of the residuals' projection on the Jacobian's columns."""
+    r, J = obj.residuals_and_jacobian(theta)
+    if lim is not None:
+        _, grad = obj(theta)
+        free = projected_gradient(theta, grad, lim) == grad
+        held = ((theta <= lim[0]) | (theta >= lim[1])) & ~free
+        J = J[:, ~held]
+    coef = np.linalg.lstsq(J, r, rcond=None)[0]
+    fitted = J @ coef
+    return float(fitted @ fitted) / max(float(r @ r) / len(r), 1e-300)
+
+
+def _certify(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: int, why: str) -> LocalFit:
+    """The fit at theta, certified by the gradient test or else by the Gauss-Newton decrement."""
+    value, statistic = _statistic(obj, theta, lim)
+    if not np.isfinite(value):
+        return LocalFit(theta, np.nan, np.nan, nit, "", "non-finite objective (NaN or overflow)")
+    if statistic <= tol:
+        return LocalFit(theta, value, statistic, nit, "gradient", "")
+    decrement = gauss_newton_decrement(obj, theta, lim)
+    if decrement <= DECREMENT_TOL:
+        return LocalFit(theta, value, statistic, nit, "decrement", "")
+    return LocalFit(theta, value, statistic, nit, "",
+                    f"not certified after {nit} iterations ({why}): ||P grad F|| / F = {statistic:.2e} > tol = "
+                    f"{tol:.0e} and Gauss-Newton decrement {decrement:.2e} sigma^2 > {DECREMENT_TOL:.0e}")
+
+
+def minimise(obj: RSSObjective, theta0: np.ndarray, lim, tol: float, max_iter: int, maxcor: int) -> LocalFit:
+    """L-BFGS-B on F / F_ref until ||P grad F||_inf / F <= tol (module docstring); where the line search
+    reaches machine precision first, a Gauss-Newton polish; certified by `_certify`."""
     box_ = None if lim is None else list(zip(*lim))
-    result = minimize(obj, theta0, jac=True, method="L-BFGS-B", options=options, bounds=box_)
-    nit, factor = result.nit, 1.0
-    for _ in range(2):
-        if not (np.isfinite(result.fun) and 0 < result.fun * factor < _RESCALE_BELOW):
-            break
-        factor = 1.0 / result.fun
+    theta, nit, ref, value = theta0, 0, 1.0, np.inf
+    for _ in range(_RESTARTS):
+        def scaled(t, ref=ref):
+            v, g = obj(t)
+            return v / ref, g / ref
 
-        def scaled(theta, factor=factor):
-            value, grad = obj(theta)
-            return value * factor, grad * factor
+        options = {"ftol": 0.0, "gtol": tol * (value / ref if np.isfinite(value) else 1.0), "maxcor": maxcor,
+                   "maxiter": max(max_iter - nit, 1), "maxfun": 2 * max_iter}
+        res = minimize(scaled, theta, jac=True, method="L-BFGS-B", options=options, bounds=box_)
+        theta, nit = res.x, nit + int(res.nit)
+        value, statistic = _statistic(obj, theta, lim)
+        if not np.isfinite(value) or statistic <= tol:
+            return _certify(obj, theta, lim, tol, nit, "")
+        if nit >= max_iter or res.status == 1:
+            return _certify(obj, theta, lim, tol, nit, "iteration cap")
+        if res.status == 2 or "REDUCTION" in str(res.message):  # the line search is at machine precision
+            return _gauss_newton(obj, theta, lim, tol, nit)
+        ref = value
+    return _certify(obj, theta, lim, tol, nit, f"{_RESTARTS} L-BFGS-B restarts")
 
-        again = minimize(scaled, result.x, jac=True, method="L-BFGS-B", options=options, bounds=box_)
-        nit += again.nit
-        again.fun /= factor
-        result = again
-    result.nit = nit
-    return result
+
+def _gauss_newton(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: int) -> LocalFit:
+    """The second-order polish of a fit where L-BFGS-B reached machine precision before the gradient test:
+    trust-region reflective Gauss-Newton (scipy least_squares) on the residuals, kept only where it lowers F."""
+    bounds = (-np.inf, np.inf) if lim is None else lim
+    start = theta
+    if lim is not None:
+        span = np.where(np.isfinite(lim[1] - lim[0]), lim[1] - lim[0], 1.0)
+        start = np.clip(theta, lim[0] + 1e-12 * span, lim[1] - 1e-12 * span)
+    last = {}
+
+    def evaluate(t):  # least_squares asks for the residuals, then the Jacobian, at the same point
+        if last.get("t") is None or not np.array_equal(last["t"], t):
+            last.update(t=t.copy(), value=obj.residuals_and_jacobian(t))
+        return last["value"]
+
+    sol = least_squares(lambda t: evaluate(t)[0], start, jac=lambda t: evaluate(t)[1], method="trf",
+                        bounds=bounds, ftol=1e-15, xtol=1e-15, gtol=1e-15, max_nfev=50)
+    better = obj(sol.x)[0] < obj(theta)[0]
+    return _certify(obj, sol.x if better else theta, lim, tol, nit + int(sol.nfev), "at machine precision")
 
 
-def lse_fit(
-    spec: MoESpec,
-    X,
-    y,
-    k: int,
-    starts: list[tuple[str, MixingMeasure]],
-    G_true: MixingMeasure | None = None,
-    bounds=None,
-    ftol_n: float = 1e-6,
-    gtol: float = 1e-10,
-    max_iter: int = 5000,
-    maxcor: int = 20,
-    screen: int | str | None = "auto",
-    keep: int = KEEP,
-    rng=None,
-) -> FitResult:
-    """Least-squares fit from each start, keeping the lowest residual sum of squares.
+_SCREEN_TOL = 1e-5  # stopping statistic of the subsample fits: they only rank the starts
 
-    Screening: when n > screen and there are more than `keep` starts, every start is first fitted on a random
-    subsample of `screen` points and only the `keep` best distinct optima are polished on the full sample (the
-    others are recorded with their full-sample RSS and reason "screened out"). screen="auto" is
-    max(2000, n // 10); screen=None fits every start in full.
-    objective is the RSS of the best start; truth_objective the RSS of G_true on the same sample (when
-    given) and worse_than_truth flags a fit whose RSS exceeds it by more than a 1e-9 relative margin (a
-    local optimum). A start that hits `max_iter` or ends non-finite is kept with converged=False and a reason.
-    """
-    t0 = time.perf_counter()
-    X, y = check_inputs(spec, X, y)
-    if spec.likelihood != "regression":
-        raise ValueError(f"least squares needs likelihood='regression', got {spec.likelihood!r}")
-    if not starts:
-        raise ValueError("starts is empty: least squares needs at least one starting measure")
-    for name, G in starts:
-        spec.check_measure(G, f"start {name!r}")
-        if G.k != k:
-            raise ValueError(f"start {name!r} has {G.k} atoms, k={k}")
-    if not isinstance(keep, (int, np.integer)) or keep < 1:
-        raise ValueError(f"keep must be a positive integer, got {keep!r}")
+
+def local_fits(spec: MoESpec, X, y, k: int, starts: list[tuple[str, MixingMeasure]], *, bounds, tol: float,
+               max_iter: int, maxcor: int, screen, keep: int, hits: int, rng) -> list[StartResult]:
+    """A local least-squares fit from each start (after screening, module docstring), as `StartResult`s
+    whose `measure` is the end point (None when screened out or non-finite) and objective the RSS."""
     lim = box(spec, k, bounds)
     size = k * (1 + spec.q + spec.p)
     thetas = [G.to_vector()[:size] for _, G in starts]
     if lim is not None:
         thetas = [np.clip(theta, *lim) for theta in thetas]
-    names = [name for name, _ in starts]
-    prior_iter = [0] * len(starts)
     obj = RSSObjective(spec, X, y, k)
     records: list[StartResult | None] = [None] * len(starts)
-    with single_threaded_blas():
-        polish = range(len(starts))
+    prior = [0] * len(starts)
+    with single_threaded_blas(), np.errstate(all="ignore"):
+        chosen = range(len(starts))
         screen = screen_size(screen, obj.n)
         if screen is not None and obj.n > screen and len(starts) > keep:
             idx = np.random.default_rng(rng).choice(obj.n, screen, replace=False)
             sub = RSSObjective(spec, X[idx], y[idx], k)
-            pre = [_minimise(sub, theta, lim, ftol_n, gtol, max_iter, maxcor) for theta in thetas]
-            polish = distinct_best([r.fun for r in pre], keep)
-            for i in sorted(set(range(len(starts))) - set(polish)):
-                rss = obj.rss(obj.measure(pre[i].x)) if np.all(np.isfinite(pre[i].x)) else np.nan
-                records[i] = StartResult(names[i], rss, int(pre[i].nit), False, f"screened out on {screen} points")
-            for i in polish:
-                thetas[i], prior_iter[i] = pre[i].x, int(pre[i].nit)
-        best = None
-        for i in polish:
-            res = _minimise(obj, thetas[i], lim, ftol_n, gtol, max_iter, maxcor)
-            ok, why = _reason(res)
-            rss = 2.0 * res.fun / obj.scale if np.isfinite(res.fun) else np.nan
-            records[i] = StartResult(names[i], rss, prior_iter[i] + int(res.nit), ok, why)
-            if np.isfinite(rss) and (best is None or rss < best[0]):
-                best = (rss, res, ok, why, records[i].n_iter)
-        truth = None if G_true is None else obj.rss(spec.check_measure(G_true, "G_true"))
-    runtime = time.perf_counter() - t0
-    if best is None:
-        return FitResult(None, np.nan, sum(r.n_iter for r in records), False, runtime, "lse",
-                         "every start ended with a non-finite objective", records, truth)
-    rss, res, ok, why, n_iter = best
-    result = FitResult(obj.measure(res.x), rss, n_iter, ok, runtime, "lse", why, records)
-    if truth is not None:
-        result.compare_with_truth(truth)
-    return result
+            pre = [minimise(sub, theta, lim, _SCREEN_TOL, max_iter, maxcor) for theta in thetas]
+            values = [p.value for p in pre]
+            best = [i for i in np.argsort(values, kind="stable") if np.isfinite(values[i])][:hits]
+            chosen = sorted(set(distinct_best(values, keep)) | set(best))
+            for i, p in enumerate(pre):
+                if i in chosen:
+                    thetas[i], prior[i] = p.theta, p.n_iter
+                else:
+                    rss = obj.rss(obj.measure(p.theta)) if np.all(np.isfinite(p.theta)) else np.nan
+                    records[i] = StartResult(starts[i][0], rss, p.n_iter, False, f"screened out on {screen} points")
+        for i in chosen:
+            end = minimise(obj, thetas[i], lim, tol, max_iter, maxcor)
+            finite = np.isfinite(end.value)
+            records[i] = StartResult(
+                starts[i][0], 2.0 * end.value / obj.scale if finite else np.nan, prior[i] + end.n_iter,
+                end.converged, end.reason, end.statistic, obj.measure(end.theta) if finite else None, end.stop,
+            )
+    return records
 
 
 def jacobian(spec: MoESpec, G: MixingMeasure, X) -> np.ndarray:

@@ -9,6 +9,10 @@ can only resolve splits with C delta^order >~ sigma^2 / n, so the cell's split s
 delta(n) ~ (sigma^2 / (C n))^(1/order); the predicted rate is visible when delta(n) is small (below
 `visible_delta`) within the n range, and everything is pre-asymptotic when delta(n) stays O(1). A loss flat at
 zero (ReLU and linear experts: the scale trade of THEORY.md s1) means the cell is not identified.
+
+Scaled experts eta_2 act(eta_1 . x) are linear in eta_2, so a pair with one gate and one eta_1 whose scales
+split as eta_2 +- delta fits exactly: their cell is flat along eta_2, only the cell's weight-averaged scale is
+identified. split_scale=False holds the pair at one eta_2, to read the order of the other split directions.
 """
 
 from __future__ import annotations
@@ -39,10 +43,11 @@ class Profile:
 class _PairModel:
     """Maps free parameters phi to the k-atom theta (to_vector layout) with the pair of cell j held apart."""
 
-    def __init__(self, spec: MoESpec, G_true: MixingMeasure, j: int):
+    def __init__(self, spec: MoESpec, G_true: MixingMeasure, j: int, mask: np.ndarray):
         self.spec, self.kt, self.j = spec, G_true.k, j
         self.k, self.r = G_true.k + 1, spec.q + spec.p
         self.others = [i for i in range(G_true.k) if i != j]
+        self.mask = mask  # 1 where the split direction may move, 0 where the pair stays together
 
     def split(self, phi):
         """(bias of the k* - 1 other atoms, their (beta, eta) rows, pair bias, midpoint, direction)."""
@@ -60,6 +65,7 @@ class _PairModel:
     def theta(self, phi, delta) -> tuple[np.ndarray, np.ndarray]:
         """theta and d theta / d phi."""
         bias, rows, cp, m, u = self.split(phi)
+        u = u * self.mask
         norm = np.linalg.norm(u)
         uh = u / norm
         all_bias = np.concatenate([bias, [cp, cp]])
@@ -77,16 +83,16 @@ class _PairModel:
         D[[o, o + 1], col] = 1.0
         dm = col + 1 + np.arange(r)
         du = col + 1 + r + np.arange(r)
-        proj = delta * (np.eye(r) - np.outer(uh, uh)) / norm
+        proj = delta * (np.eye(r) - np.outer(uh, uh)) / norm * self.mask
         for i, sign in ((o, 1.0), (o + 1, -1.0)):
             D[pos[i], dm] = 1.0
             D[np.ix_(pos[i], du)] = sign * proj
         return theta, D
 
 
-def _loss_curve(spec, G_true, j, X, y, deltas, rng) -> list[float]:
+def _loss_curve(spec, G_true, j, X, y, deltas, rng, mask) -> list[float]:
     """L(delta) for ascending deltas, each fitted from fresh directions and from the previous delta's fit."""
-    model = _PairModel(spec, G_true, j)
+    model = _PairModel(spec, G_true, j, mask)
     k, q, p = model.k, spec.q, spec.p
     measure = lambda theta: MixingMeasure.from_vector(theta, k, q, p)  # noqa: E731
 
@@ -99,9 +105,9 @@ def _loss_curve(spec, G_true, j, X, y, deltas, rng) -> list[float]:
 
     r = spec.q + spec.p
     rows = np.concatenate([G_true.gate[j], G_true.expert[j]])
-    directions = [np.eye(r)[c] for c in range(r)] + [rng.normal(size=r)]
-    if np.linalg.norm(rows[spec.q :]) > 0:
-        directions.append(np.concatenate([np.zeros(spec.q), rows[spec.q :]]))  # the expert's scale
+    directions = [np.eye(r)[c] for c in range(r) if mask[c]] + [rng.normal(size=r) * mask]
+    if np.linalg.norm(rows[spec.q :] * mask[spec.q :]) > 0:
+        directions.append(np.concatenate([np.zeros(spec.q), rows[spec.q :]]) * mask)  # the expert's scale
     losses, previous = [], None
     for delta in sorted(deltas, reverse=True):
         starts = [model.start(G_true, u) for u in directions] + ([previous] if previous is not None else [])
@@ -129,6 +135,7 @@ def profile(
     n: int = 400,
     bounds=(-1.0, 1.0),
     flat_tol: float = 1e-24,
+    split_scale: bool = True,
     rng=0,
 ) -> Profile:
     """Noise-free profile of the over-specified cells of a regression MoE (module docstring).
@@ -138,7 +145,8 @@ def profile(
     below flat_tol * var(f_G*) at every delta (exact fits reach about 1e-32; identified FFN cells stay above
     1e-18 here, since C can be tiny); otherwise order and constant come from a straight-line fit of log loss
     on log delta over the deltas above that floor. design: the noise-free design on `bounds`, by default
-    "equispaced" for d = 1 and "uniform" otherwise.
+    "equispaced" for d = 1 and "uniform" otherwise. split_scale=False keeps the pair of a scaled family at
+    one outer scale eta_2 (module docstring).
     """
     if spec.likelihood != "regression":
         raise ValueError(f"profile needs likelihood='regression', got {spec.likelihood!r}")
@@ -155,6 +163,12 @@ def profile(
         raise ValueError(f"deltas must hold at least two positive values, got {deltas!r}")
     if not (sigma > 0 and visible_delta > 0):
         raise ValueError(f"sigma and visible_delta must be positive, got {sigma!r}, {visible_delta!r}")
+    if not (split_scale or spec.expert_family.scaled):
+        raise ValueError(f"split_scale=False needs a scaled expert family (eta_2 act(eta_1 . x)), got "
+                         f"expert={spec.expert_name!r}")
+    mask = np.ones(spec.q + spec.p)
+    if not split_scale:
+        mask[spec.q] = 0.0  # eta_2, the first expert parameter
     rng = np.random.default_rng(rng)
     design = design or ("equispaced" if spec.d == 1 else "uniform")
     X = draw_design(design, n, spec.d, rng, bounds)
@@ -169,7 +183,7 @@ def profile(
             # Two sigmoids of the same non-zero slope never add up to one: the fit goes to G_bar instead.
             rows.append({**row, "status": "sigmoid regime-2 atom: the target is G_bar, not profiled"})
             continue
-        losses = np.array(_loss_curve(spec, G_true, int(j), X, y, deltas, rng))
+        losses = np.array(_loss_curve(spec, G_true, int(j), X, y, deltas, rng, mask))
         curves += [{"cell": int(j), "delta": d, "loss": v} for d, v in zip(deltas, losses)]
         keep = losses > floor
         if not keep.any():

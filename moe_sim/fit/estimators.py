@@ -1,0 +1,295 @@
+"""Estimators as typed settings, validated when built, sharing one global search.
+
+`LeastSquares` (regression MoE) and `EM` (softmax Gaussian MoE) hold only their own settings and their
+local solver (`moe_sim.fit.lse.local_fits`, `moe_sim.fit.em.local_fits`); the multi-start loop, the hit
+count and the report of how sure the search is live once, in `Estimator.fit`:
+
+- starts are drawn in rounds from the plan (`moe_sim.fit.init.start_plan`: k-means, random, split from the
+  best fit with one atom fewer, merge moves on the best fit so far, and near-truth starts only when the
+  caller gives the truth) until the best objective has been reached from `Search.hits` different starts,
+  to within `Search.hit_tol` (sigma^2 units of RSS for least squares, with sigma^2 estimated by RSS / n;
+  nats for EM), or `Search.max_rounds` rounds have run;
+- the report (`SearchReport`) gives the number of local fits, the hits, the distinct optima, the gap to
+  the second best and Boender and Rinnooy Kan's estimate of the share of starts that would land in an
+  optimum not yet seen, w (w + 1) / (N (N - 1)) for w distinct optima in N local fits.
+
+`make_estimator(method, options)` turns a config's options table into an estimator: a misspelled or
+out-of-range option fails there, when the config loads, not inside the first task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import ClassVar
+
+import numpy as np
+
+from ..measure import MixingMeasure, MoESpec
+from ..model import Features, check_inputs, forward, log_density
+from . import em, lse
+from .init import FROM_FITS, check_starts, initial_measures, merge_starts, split_starts, start_plan
+from .result import FitResult, SearchReport, StartResult
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_int(owner: str, name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{owner}.{name} = {value!r} is not allowed: expected an integer >= {low}")
+
+
+def _check_positive(owner: str, name: str, value) -> None:
+    if not (_is_real(value) and np.isfinite(value) and value > 0):
+        raise ValueError(f"{owner}.{name} = {value!r} is not allowed: expected a positive finite number")
+
+
+@dataclass(frozen=True)
+class Search:
+    """When the global search stops: `hits` local fits at the best objective (within `hit_tol`), or after
+    `max_rounds` rounds of starts."""
+
+    hits: int = 3
+    max_rounds: int = 3
+    hit_tol: float = 0.01
+
+    def __post_init__(self):
+        _check_int("Search", "hits", self.hits, 1)
+        _check_int("Search", "max_rounds", self.max_rounds, 1)
+        _check_positive("Search", "hit_tol", self.hit_tol)
+
+
+# The chain of fits with fewer atoms that split starts come from: one round, one hit, few starts of its own.
+_CHAIN_SEARCH = Search(hits=1, max_rounds=1)
+_CHAIN_PLAN = {"kmeans": 2, "random": 2, "split": 3}
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """The global search shared by the estimators; subclasses supply their local solver and objective."""
+
+    search: Search = field(default_factory=Search)
+
+    method: ClassVar[str] = ""
+    sense: ClassVar[float] = 1.0  # +1: the objective is minimised; -1: maximised
+
+    def __post_init__(self):
+        if not isinstance(self.search, Search):
+            raise ValueError(f"{type(self).__name__}.search = {self.search!r} is not allowed: expected a Search")
+
+    def check_spec(self, spec: MoESpec) -> None:
+        raise NotImplementedError
+
+    def local_fits(self, spec: MoESpec, X, y, k: int, starts, rng) -> list[StartResult]:
+        raise NotImplementedError
+
+    def objective(self, spec: MoESpec, X, y, G: MixingMeasure) -> float:
+        """The objective of G on the sample (to compare the fit with the truth)."""
+        raise NotImplementedError
+
+    def hit_unit(self, best: float, n: int) -> float:
+        """The objective difference that counts as one unit of `Search.hit_tol`."""
+        return 1.0
+
+    def fit(self, spec: MoESpec, X, y, k: int, init="default", n_starts: int | None = None, rng=None,
+            G_true: MixingMeasure | None = None, init_options: dict | None = None) -> FitResult:
+        """The best of a global search over starts drawn in rounds (module docstring)."""
+        self.check_spec(spec)
+        X, y = check_inputs(spec, X, y)
+        if G_true is not None:
+            spec.check_measure(G_true, "G_true")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k = {k!r} is not allowed: expected a positive integer")
+        unknown = set(init_options or {}) - {"scale", "power"}
+        if unknown:
+            raise ValueError(f"init_options has unknown keys {sorted(unknown)}; allowed: 'scale', 'power'")
+        rng = np.random.default_rng(rng)
+        plan = start_plan(init, n_starts, G_true, self.method)
+        records: list[StartResult] = []
+        fewer = report = None
+        for round_ in range(self.search.max_rounds):
+            if "split" in plan and k > 1 and fewer is None:
+                fewer = self._chain(spec, X, y, k - 1, rng)
+            starts = self._draw(spec, X, y, k, plan, rng, G_true, init_options, fewer, records, round_)
+            records += self.local_fits(spec, X, y, k, starts, rng)
+            report = self._report(records, len(y), round_ + 1)
+            if report.met:
+                break
+        return self._result(spec, X, y, records, report, G_true)
+
+    def fit_starts(self, spec: MoESpec, X, y, k: int, starts: list[tuple[str, MixingMeasure]], rng=None,
+                   G_true: MixingMeasure | None = None, **local_options) -> FitResult:
+        """The best local fit from the given (name, measure) starts: one round, no further draws (the report
+        still counts the hits). local_options go to the local solver (EM: trace=True)."""
+        self.check_spec(spec)
+        X, y = check_inputs(spec, X, y)
+        starts = check_starts(spec, k, starts)
+        records = self.local_fits(spec, X, y, k, starts, np.random.default_rng(rng), **local_options)
+        return self._result(spec, X, y, records, self._report(records, len(y), 1), G_true)
+
+    def _chain(self, spec, X, y, k: int, rng) -> MixingMeasure | None:
+        """The best k-atom fit of a one-round search whose split starts come from k - 1 atoms, recursively."""
+        chain = replace(self, search=_CHAIN_SEARCH)
+        result = chain.fit(spec, X, y, k, init=dict(_CHAIN_PLAN) if k > 1 else {"kmeans": 2, "random": 2}, rng=rng)
+        return result.measure
+
+    def _draw(self, spec, X, y, k, plan, rng, G_true, init_options, fewer, records, round_) -> list:
+        drawn = {name: count for name, count in plan.items() if name not in FROM_FITS}
+        starts = initial_measures(spec, X, y, k, drawn, rng=rng, G_true=G_true, method=self.method,
+                                  **(init_options or {})) if drawn else []
+        gaussian = spec.likelihood == "gaussian"
+        if plan.get("split") and fewer is not None:
+            starts += [("split", _with_variance(spec, G, X, y) if gaussian and G.var is None else G)
+                       for G in split_starts(spec, fewer, rng, plan["split"])]
+        best = self._best(records)
+        if plan.get("merge") and round_ > 0 and best is not None:
+            starts += [("merge", G) for G in merge_starts(spec, best.measure, rng, plan["merge"])]
+        return starts
+
+    def _best(self, records) -> StartResult | None:
+        done = [r for r in records if r.measure is not None and np.isfinite(r.objective)]
+        return min(done, key=lambda r: self.sense * r.objective) if done else None
+
+    def _report(self, records, n: int, rounds: int) -> SearchReport:
+        done = [r for r in records if r.measure is not None and np.isfinite(r.objective)]
+        if not done:
+            return SearchReport(0, 0, 0, np.inf, 1.0, False, rounds, self.search.hit_tol)
+        values = np.sort([self.sense * r.objective for r in done])
+        values = (values - values[0]) / self.hit_unit(float(self.sense * values[0]), n)
+        tol = self.search.hit_tol
+        starts_of_optima = [values[0]]
+        for v in values[1:]:
+            if v > starts_of_optima[-1] + tol:
+                starts_of_optima.append(v)
+        hits = int(np.sum(values <= tol))
+        N, w = len(values), len(starts_of_optima)
+        p_miss = min(1.0, w * (w + 1) / (N * (N - 1))) if N > 1 else 1.0
+        gap = float(starts_of_optima[1]) if w > 1 else np.inf
+        return SearchReport(N, hits, w, gap, p_miss, hits >= self.search.hits, rounds, tol)
+
+    def _result(self, spec, X, y, records, report, G_true) -> FitResult:
+        best = self._best(records)
+        if best is None:
+            reasons = "; ".join(sorted({r.reason for r in records if r.reason}))
+            result = FitResult(None, np.nan, sum(r.n_iter for r in records), False, 0.0, self.method,
+                               f"every start failed: {reasons}", records, search=report)
+        else:
+            result = FitResult(best.measure, best.objective, best.n_iter, best.converged, 0.0, self.method,
+                               best.reason, records, grad_norm=best.grad_norm, stop=best.stop,
+                               n_polish=best.n_polish, search=report)
+        if G_true is not None:
+            result.compare_with_truth(self.objective(spec, X, y, G_true))
+        return result
+
+
+def _with_variance(spec: MoESpec, G: MixingMeasure, X, y) -> MixingMeasure:
+    """G with every atom's variance set to the residual variance of its regression function."""
+    f = forward(spec, G, Features.of(spec, X)).f
+    var = max(float(np.mean((y - f) ** 2)), 1e-3 * float(np.var(y)), 1e-12)
+    return MixingMeasure(G.bias, G.gate, G.expert, np.full(G.k, var))
+
+
+@dataclass(frozen=True)
+class LeastSquares(Estimator):
+    """Least squares for the regression MoE (`moe_sim.fit.lse`): L-BFGS-B until ||P grad F||_inf / F <= tol.
+
+    bounds: None, a positive number, a table of blocks or a (lower, upper) pair (`lse.box`); screen: the
+    subsample size of start screening ("auto", None or a positive integer); keep: distinct screened optima
+    fitted in full; max_iter: L-BFGS-B iterations per local fit; maxcor: its memory.
+    """
+
+    tol: float = 1e-7
+    max_iter: int = 5000
+    bounds: object = None
+    screen: int | str | None = "auto"
+    keep: int = 4
+    maxcor: int = 20
+
+    method: ClassVar[str] = "lse"
+    sense: ClassVar[float] = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_positive("LeastSquares", "tol", self.tol)
+        _check_int("LeastSquares", "max_iter", self.max_iter, 1)
+        _check_int("LeastSquares", "keep", self.keep, 1)
+        _check_int("LeastSquares", "maxcor", self.maxcor, 1)
+        lse.check_bounds(self.bounds)
+        lse.screen_size(self.screen, 1)
+
+    def check_spec(self, spec):
+        if spec.likelihood != "regression":
+            raise ValueError(f"least squares needs likelihood='regression', got {spec.likelihood!r}")
+
+    def local_fits(self, spec, X, y, k, starts, rng):
+        return lse.local_fits(spec, X, y, k, starts, bounds=self.bounds, tol=self.tol, max_iter=self.max_iter,
+                              maxcor=self.maxcor, screen=self.screen, keep=self.keep, hits=self.search.hits,
+                              rng=rng)
+
+    def objective(self, spec, X, y, G):
+        return lse.RSSObjective(spec, X, y, G.k).rss(G)
+
+    def hit_unit(self, best, n):
+        return max(best / n, 1e-300)  # sigma^2 estimated by RSS / n
+
+
+@dataclass(frozen=True)
+class EM(Estimator):
+    """EM for the softmax Gaussian MoE (`moe_sim.fit.em`): stops when ||grad l / n||_inf <= tol, polishing by
+    L-BFGS-B once EM crawls (polish=True); max_iter caps EM and polish iterations each; var_floor bounds
+    the variances below."""
+
+    tol: float = 1e-7
+    max_iter: int = 2000
+    polish: bool = True
+    var_floor: float = 1e-6
+
+    method: ClassVar[str] = "em"
+    sense: ClassVar[float] = -1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_positive("EM", "tol", self.tol)
+        _check_int("EM", "max_iter", self.max_iter, 1)
+        _check_positive("EM", "var_floor", self.var_floor)
+        if not isinstance(self.polish, bool):
+            raise ValueError(f"EM.polish = {self.polish!r} is not allowed: expected true or false")
+
+    def check_spec(self, spec):
+        em.check_em_spec(spec)
+
+    def local_fits(self, spec, X, y, k, starts, rng, trace: bool = False):
+        return em.local_fits(spec, X, y, k, starts, tol=self.tol, max_iter=self.max_iter, var_floor=self.var_floor,
+                             polish=self.polish, trace=trace)
+
+    def objective(self, spec, X, y, G):
+        return float(np.sum(log_density(spec, G, X, y)))
+
+
+ESTIMATORS = {"lse": LeastSquares, "em": EM}
+
+
+def make_estimator(method: str, options: dict | None = None) -> Estimator:
+    """The estimator of `method` ("lse" or "em") with the given options (its fields; `search` a table of
+    `Search` fields), validated: an unknown option names itself, the value and the allowed ones."""
+    if method not in ESTIMATORS:
+        raise ValueError(f"method = {method!r} is not allowed; choose one of {', '.join(map(repr, ESTIMATORS))}")
+    cls = ESTIMATORS[method]
+    options = dict(options or {})
+    allowed = [f.name for f in fields(cls)]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"estimator option(s) {unknown} = {[options[u] for u in unknown]!r} not allowed for "
+                         f"method {method!r}; allowed: {', '.join(allowed)}")
+    search = options.get("search", {})
+    if isinstance(search, dict):
+        bad = sorted(set(search) - {f.name for f in fields(Search)})
+        if bad:
+            raise ValueError(f"search option(s) {bad} not allowed; allowed: "
+                             f"{', '.join(f.name for f in fields(Search))}")
+        options["search"] = Search(**search)
+    elif not isinstance(search, Search):
+        raise ValueError(f"estimator option 'search' = {search!r} is not allowed: expected a table of "
+                         f"{', '.join(f.name for f in fields(Search))}")
+    return cls(**options)
