@@ -229,7 +229,7 @@ def _heads(spec: AttentionSpec, params: AttentionParams, X: Array) -> list[Forwa
         g = spec.gate.gates(z)
         h = np.ascontiguousarray(np.einsum("sja,a->js", X, v))
         gh = g * h
-        out.append(Forward(g, h, h, gh, gh.sum(axis=0)))
+        out.append(Forward(g=g, u=h, a=h, h=h, gh=gh, f=gh.sum(axis=0)))
     return out
 
 

@@ -179,6 +179,23 @@ def _check_int(name: str, value, low: int, allowed: str) -> int:
     return int(value)
 
 
+def _sigmoid_scaled_bias(bias: float, share: float, b: float = 0.0) -> float:
+    """The bias whose weight sigmoid(c + b) is `share` times that of `bias`, in log space: exact where the
+    weight underflows (a null atom), where bias_of(weight(c) share) returns -inf."""
+    return _sigmoid_bias_of_log_weight(np.log(share) - np.logaddexp(0.0, -(bias + b))) - b
+
+
+def _sigmoid_merged_bias(bias: Array, b: float = 0.0) -> float:
+    """The bias whose weight sigmoid(c + b) is the total weight of the given atoms, below 1, in log space."""
+    return _sigmoid_bias_of_log_weight(logsumexp(-np.logaddexp(0.0, -(np.asarray(bias, dtype=float) + b)))) - b
+
+
+def _sigmoid_bias_of_log_weight(log_weight: float) -> float:
+    """logit(w) from log w, with w held below 1 - 1e-6 (`Gate.merged_bias`)."""
+    log_weight = min(float(log_weight), float(np.log1p(-1e-6)))
+    return log_weight - float(np.log1p(-np.exp(log_weight)))
+
+
 @dataclass(frozen=True)
 class TopKSoftmax(Softmax):
     """Softmax over the K largest logits of each sample, the other gates exactly 0 (input-dependent sparsity).
@@ -188,9 +205,11 @@ class TopKSoftmax(Softmax):
     gradient is softmax's on the selected atoms and 0 elsewhere, which is what `logit_pullback` (inherited)
     returns. Where they cross, f = sum_i g_i h_i jumps by the crossing atoms' gate times the difference of their
     experts (K < k): least squares over top-K gates is piecewise smooth with jumps, so a gradient certificate
-    may not be reachable at its minimum. weight(c) = exp(c) is an atom's weight before the truncation: with constant scores the gate of a
+    may not be reachable at its minimum. With fewer atoms than K (the global search fits chains of fewer atoms)
+    every atom is kept: plain softmax. weight(c) = exp(c) is an atom's weight before the truncation: with constant scores the gate of a
     selected atom is its exp(c) over the sum of the K largest. Translation invariant: a common shift keeps
-    both the order and the softmax. K larger than the number of atoms is refused when the gate is evaluated.
+    both the order and the softmax. K larger than a known number of atoms (N tokens) is refused where that
+    number is given (`moe_sim.attention.AttentionSpec`).
     """
 
     top_k: int
@@ -204,10 +223,7 @@ class TopKSoftmax(Softmax):
         return f"top{self.top_k}_softmax"
 
     def gates(self, z, scratch=_fresh):
-        k = z.shape[0]
-        if self.top_k > k:
-            raise ValueError(f"top_k={self.top_k} is more than the {k} atoms; allowed: 1 <= top_k <= {k}")
-        if self.top_k < k:
+        if self.top_k < z.shape[0]:
             dropped = np.argsort(-z, axis=0, kind="stable")[self.top_k:]
             np.put_along_axis(z, dropped, -np.inf, axis=0)
         return super().gates(z, scratch)
@@ -226,6 +242,7 @@ class NormalisedSigmoid(Gate):
     """
 
     name = "normalised_sigmoid"
+    max_weight = 1.0
     regime = Sigmoid.regime
 
     def weight(self, bias):
@@ -233,6 +250,12 @@ class NormalisedSigmoid(Gate):
 
     def bias_of(self, weight):
         return logit(weight)
+
+    def scaled_bias(self, bias, share):
+        return _sigmoid_scaled_bias(bias, share)
+
+    def merged_bias(self, bias):
+        return _sigmoid_merged_bias(bias)
 
     def gates(self, z, scratch=_fresh):
         k, n = z.shape
@@ -286,6 +309,12 @@ class BiasedSigmoid(Sigmoid):
     def bias_of(self, weight):
         return logit(weight) - self.b
 
+    def scaled_bias(self, bias, share):
+        return _sigmoid_scaled_bias(bias, share, self.b)
+
+    def merged_bias(self, bias):
+        return _sigmoid_merged_bias(bias, self.b)
+
     def gates(self, z, scratch=_fresh):
         z += self.b
         return sigmoid(z, out=z)
@@ -297,8 +326,10 @@ class FixedMask(Gate):
     (input-agnostic sparsity; `band` gives attention's |i - j| <= w). The masked logits are set to -inf
     before the base gate, so a normalising base normalises over the allowed atoms only. weight, bias_of,
     regime and translation invariance are the base gate's: `weight` is an atom's weight where it is allowed
-    (the mask is a property of atom positions, not of biases). Atom indices beyond the number of atoms are
-    refused when the gate is evaluated.
+    (the mask is a property of atom positions, not of biases). In an MoE of k atoms the allowed indices below k
+    count (the global search fits chains of fewer atoms); with none of them the MoE is the zero function. Masks
+    beyond a known number of atoms (N tokens, a band wider than N) are refused where that number is given
+    (`band`, `moe_sim.attention.AttentionSpec`).
     """
 
     allowed: tuple[int, ...]
@@ -335,6 +366,10 @@ class FixedMask(Gate):
     def translation_invariant(self) -> bool:
         return self.base.translation_invariant
 
+    @property
+    def max_weight(self) -> float:
+        return self.base.max_weight
+
     def weight(self, bias):
         return self.base.weight(bias)
 
@@ -344,20 +379,29 @@ class FixedMask(Gate):
     def weight_shares(self, bias):
         return self.base.weight_shares(bias)
 
+    def scaled_bias(self, bias, share):
+        return self.base.scaled_bias(bias, share)
+
+    def merged_bias(self, bias):
+        return self.base.merged_bias(bias)
+
     def regime(self, G_true):
         return self.base.regime(G_true)
 
     def gates(self, z, scratch=_fresh):
         k = z.shape[0]
-        if self.allowed[-1] >= k:
-            raise ValueError(f"allowed={self.allowed} names atom {self.allowed[-1]} but there are {k} atoms; "
-                             f"allowed: indices 0..{k - 1}")
+        if self.allowed[0] >= k:  # no allowed atom among the k: every gate is 0
+            z.fill(0.0)
+            return z
         blocked = np.ones(k, dtype=bool)
-        blocked[list(self.allowed)] = False
+        blocked[[i for i in self.allowed if i < k]] = False
         z[blocked] = -np.inf
         return self.base.gates(z, scratch)
 
     def logit_pullback(self, fw, gv, out):
+        if self.allowed[0] >= len(out):
+            out.fill(0.0)
+            return out
         # gv = g v is 0 on the masked atoms, so the base pullback is 0 there: their logits do not reach f
         return self.base.logit_pullback(fw, gv, out)
 
