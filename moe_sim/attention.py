@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment, minimize
+from scipy.optimize import linear_sum_assignment
 
-from .fit.lse import single_threaded_blas
+from .fit.estimators import LeastSquares, Search
+from .fit.lse import minimise, single_threaded_blas
+from .fit.result import FitResult, StartResult
 from .gates import BiasedSigmoid, FixedMask, Gate, NormalisedSigmoid, Sigmoid, Softmax, TopKSoftmax
 from .measure import MixingMeasure, MoESpec
 from .model import Forward, regression_function
@@ -247,27 +249,33 @@ def row_gates(spec: AttentionSpec, params: AttentionParams, X) -> Array:
     return np.stack([fw.g for fw in _heads(spec, params, X)])
 
 
-def _vjp(spec: AttentionSpec, params: AttentionParams, X: Array, heads: list[Forward], weights: Array) -> Array:
-    """sum_s weights_s d f(X_s) / d theta in the `to_vector` layout, from the heads' forward passes."""
-    dW, dv = [], []
+def _jacobian(spec: AttentionSpec, params: AttentionParams, X: Array, heads: list[Forward]) -> Array:
+    """d f(X_s) / d theta (n, P) in the `to_vector` layout, from the heads' forward passes."""
+    JW, Jv = [], []
     for fw in heads:
-        gv = fw.g * weights
-        dz = spec.gate.logit_pullback(fw, gv, np.empty_like(gv))  # weights_s d f_s / d score_js
-        dW.append(X[:, spec.row].T @ np.einsum("js,sjb->sb", dz, X) / np.sqrt(spec.d))
-        dv.append(np.einsum("js,sja->a", gv, X))
-    dW = np.stack(dW)
+        dz = spec.gate.logit_pullback(fw, fw.g.copy(), np.empty_like(fw.g))  # d f_s / d score_js
+        key = np.einsum("js,sjb->sb", dz, X) / np.sqrt(spec.d)  # score_js = x_row^T W x_j / sqrt(d)
+        JW.append(X[:, spec.row, :, None] * key[:, None, :])
+        Jv.append(np.einsum("js,sja->sa", fw.g, X))
+    JW = np.stack(JW, axis=1)  # (n, H, d, d)
     if spec.rank is None:
-        blocks = [dW]
+        blocks = [JW]
     else:  # W = Q K^T: dQ = dW K, dK = dW^T Q
-        blocks = [dW @ params.K, np.swapaxes(dW, 1, 2) @ params.Q]
-    return np.concatenate([b.ravel() for b in blocks] + [np.ravel(dv)])
+        blocks = [JW @ params.K, np.swapaxes(JW, 2, 3) @ params.Q]
+    n = X.shape[0]
+    return np.hstack([b.reshape(n, -1) for b in blocks] + [np.stack(Jv, axis=1).reshape(n, -1)])
+
+
+def row_jacobian(spec: AttentionSpec, params: AttentionParams, X) -> Array:
+    """d f(X_s) / d theta for each sequence, (n, P) in the `AttentionSpec.to_vector` layout."""
+    X = spec.check_sequences(X)
+    spec.check_params(params)
+    return _jacobian(spec, params, X, _heads(spec, params, X))
 
 
 def row_vjp(spec: AttentionSpec, params: AttentionParams, X, weights) -> Array:
     """sum_s weights_s d f(X_s) / d theta: the gradient of any loss whose derivative in f is `weights` (n,)."""
-    X = spec.check_sequences(X)
-    spec.check_params(params)
-    return _vjp(spec, params, X, _heads(spec, params, X), np.asarray(weights, dtype=float))
+    return np.asarray(weights, dtype=float) @ row_jacobian(spec, params, X)
 
 
 def sample_rows(spec: AttentionSpec, params: AttentionParams, n: int, rng=None, noise_sd: float = 0.1,
@@ -308,17 +316,40 @@ def moe_output(spec: AttentionSpec, params: AttentionParams, X) -> Array:
     return sum(regression_function(moe, G, xbar) for G in measures)
 
 
-def objective(theta: Array, spec: AttentionSpec, X: Array, y: Array) -> tuple[float, Array]:
-    """Mean squared error over sequences, (1/n) sum_s (y_s - f(X_s))^2, and its gradient in theta."""
-    params = spec.from_vector(theta)
-    heads = _heads(spec, params, X)
-    resid = y - sum(fw.f for fw in heads)
-    return float(resid @ resid) / len(y), _vjp(spec, params, X, heads, -2.0 * resid / len(y))
+class RowObjective:
+    """The least-squares objective of a student on (X, y) in the form `moe_sim.fit.lse.minimise` takes, so the
+    attention fit shares the estimator's local search and certificate: F = RSS / (2 n var(y)) with its
+    gradient (`__call__`; (inf, 0) where theta or F is not finite), and the residuals f - y with their
+    Jacobian (`residuals_and_jacobian`, for its Gauss-Newton polish and decrement)."""
+
+    def __init__(self, spec: AttentionSpec, X, y):
+        self.spec, self.X = spec, spec.check_sequences(X)
+        self.y = np.asarray(y, dtype=float)
+        if self.y.shape != (self.X.shape[0],) or not np.all(np.isfinite(self.y)):
+            raise ValueError(f"y must be finite with shape ({self.X.shape[0]},) to match X, got {self.y.shape}")
+        self.n = len(self.y)
+        self.scale = 1.0 / (self.n * max(float(np.var(self.y)), 1e-12))
+
+    def residuals_and_jacobian(self, theta: Array) -> tuple[Array, Array]:
+        params = self.spec.from_vector(theta)
+        heads = _heads(self.spec, params, self.X)
+        return sum(fw.f for fw in heads) - self.y, _jacobian(self.spec, params, self.X, heads)
+
+    def __call__(self, theta: Array) -> tuple[float, Array]:
+        if not np.all(np.isfinite(theta)):
+            return np.inf, np.zeros_like(theta)
+        with np.errstate(all="ignore"):
+            r, J = self.residuals_and_jacobian(theta)
+            value, grad = 0.5 * float(r @ r) * self.scale, (r @ J) * self.scale
+        if not (np.isfinite(value) and np.all(np.isfinite(grad))):
+            return np.inf, np.zeros_like(theta)
+        return value, grad
 
 
 class LocalFit(NamedTuple):
-    """One local solve: where it ended, the mean squared error there, the largest absolute gradient entry,
-    L-BFGS-B's iterations, whether the gradient certificate holds, and why not."""
+    """One local solve: where it ended, the mean squared error there, the certificate's statistic
+    (||grad F||_inf / F), the iterations, whether a certificate holds, why not, and which one held
+    ("gradient" or "decrement", `moe_sim.fit.lse`)."""
 
     theta: Array
     objective: float
@@ -326,30 +357,20 @@ class LocalFit(NamedTuple):
     n_iter: int
     converged: bool
     reason: str
+    stop: str
 
 
-def local_solve(spec: AttentionSpec, X, y, theta0, gtol: float = 1e-8, max_iter: int = 5000,
-                restarts: int = 2) -> LocalFit:
-    """L-BFGS-B from theta0 on `objective`. Converged means the gradient's largest entry is at most gtol: a
-    criterion that does not scale with n (the objective is a mean), unlike a relative decrease (THEORY.md s7).
-    The decrease test (ftol 1e-15) stops solves that can barely move, sometimes just short of gtol, so an
-    uncertified solve restarts from where it stopped with a fresh curvature memory, at most `restarts` times."""
-    X = spec.check_sequences(X)
-    y = np.asarray(y, dtype=float)
-    if y.shape != (X.shape[0],):
-        raise ValueError(f"y must have shape ({X.shape[0]},) to match X, got {y.shape}")
-    theta, n_iter = np.asarray(theta0, dtype=float), 0
-    with single_threaded_blas():  # L-BFGS-B's BLAS calls on tiny vectors: threads cost 30x under load
-        for _ in range(restarts + 1):
-            res = minimize(objective, theta, args=(spec, X, y), jac=True, method="L-BFGS-B",
-                           options={"maxiter": max_iter - n_iter, "ftol": 1e-15, "gtol": gtol, "maxcor": 20})
-            theta, n_iter = res.x, n_iter + int(res.nit)
-            grad_norm = float(np.max(np.abs(res.jac)))
-            converged = bool(grad_norm <= gtol and np.isfinite(res.fun))
-            if converged or n_iter >= max_iter or not np.isfinite(res.fun):
-                break
-    return LocalFit(theta, float(res.fun), grad_norm, n_iter, converged,
-                    "" if converged else f"gradient {grad_norm:.2e} > gtol {gtol:.0e}: {res.message}")
+def local_solve(spec: AttentionSpec, X, y, theta0, tol: float = 1e-7, max_iter: int = 5000,
+                maxcor: int = 20) -> LocalFit:
+    """The estimator's local search (`moe_sim.fit.lse.minimise`: L-BFGS-B on F / F_ref with restarts, a
+    Gauss-Newton polish where the line search reaches machine precision) from theta0, certified when
+    ||grad F||_inf / F <= tol or the Gauss-Newton decrement is below 1e-3 sigma^2: criteria that do not scale
+    with n (THEORY.md s7)."""
+    obj = RowObjective(spec, X, y)
+    with single_threaded_blas(), np.errstate(all="ignore"):  # L-BFGS-B's BLAS calls on tiny vectors
+        end = minimise(obj, np.asarray(theta0, dtype=float), None, tol, max_iter, maxcor)
+    return LocalFit(end.theta, 2.0 * end.value / (obj.scale * obj.n), end.statistic, end.n_iter, end.converged,
+                    end.reason, end.stop)
 
 
 def draw_start(spec: AttentionSpec, rng, scale: float = 1.0) -> Array:
@@ -357,23 +378,35 @@ def draw_start(spec: AttentionSpec, rng, scale: float = 1.0) -> Array:
     return spec.to_vector(draw_params(spec, rng, scale))
 
 
-@dataclass
-class StudentFit:
-    """The best of several local solves, with every solve kept (in start order)."""
-
-    params: AttentionParams
-    best: LocalFit
-    starts: list[LocalFit]
-
-
-def fit_student(spec: AttentionSpec, X, y, n_starts: int = 8, rng=None, scale: float = 1.0,
-                **solve_options) -> StudentFit:
-    """Least squares by the best of n_starts truth-free random starts (`draw_start`, `local_solve`)."""
+def fit_student(spec: AttentionSpec, X, y, n_starts: int = 8, search: Search = Search(), rng=None,
+                scale: float = 1.0, **solve_options) -> FitResult:
+    """Least squares by the estimator's global search: rounds of n_starts truth-free random starts
+    (`draw_start`, `local_solve`) until the best objective is reached from `search.hits` starts (within
+    `search.hit_tol` sigma^2 of RSS) or `search.max_rounds` rounds have run. A `FitResult` whose measure is the
+    fitted `AttentionParams`, objective the RSS, starts one `StartResult` per local solve (measure: its end
+    point) and search the `SearchReport`."""
+    t0 = time.perf_counter()
     n_starts = _positive_int("n_starts", n_starts)
     rng = np.random.default_rng(rng)
-    starts = [local_solve(spec, X, y, draw_start(spec, rng, scale), **solve_options) for _ in range(n_starts)]
-    best = min(starts, key=lambda fit: fit.objective)
-    return StudentFit(spec.from_vector(best.theta), best, starts)
+    n = spec.check_sequences(X).shape[0]
+    estimator = LeastSquares(search=search)
+    records: list[StartResult] = []
+    for round_ in range(search.max_rounds):
+        for _ in range(n_starts):
+            end = local_solve(spec, X, y, draw_start(spec, rng, scale), **solve_options)
+            finite = np.isfinite(end.objective)
+            records.append(StartResult("random", n * end.objective if finite else np.nan, end.n_iter,
+                                       end.converged, end.reason, end.grad_norm,
+                                       spec.from_vector(end.theta) if finite else None, end.stop))
+        report = estimator._report(records, n, round_ + 1)
+        if report.met:
+            break
+    best = estimator._best(records)
+    if best is None:
+        return FitResult(None, np.nan, sum(r.n_iter for r in records), False, time.perf_counter() - t0, "lse",
+                         "every start failed", records, search=report)
+    return FitResult(best.measure, best.objective, best.n_iter, best.converged, time.perf_counter() - t0, "lse",
+                     best.reason, records, grad_norm=best.grad_norm, stop=best.stop, search=report)
 
 
 def head_errors(student_spec: AttentionSpec, student: AttentionParams, teacher_spec: AttentionSpec,
@@ -420,28 +453,33 @@ def function_error(student_spec: AttentionSpec, student: AttentionParams, teache
 
 def fit_replicate(teacher_spec: AttentionSpec, teacher: AttentionParams, student_spec: AttentionSpec, n: int,
                   replicate: int, seed: int = 0, noise_sd: float = 0.1, design: str = "gaussian",
-                  n_starts: int = 8, n_test: int = 2000, **solve_options) -> list[dict]:
-    """One replicate: draw n sequences from the teacher, fit the student (best of n_starts truth-free starts)
-    and return one tidy row per teacher head with the head errors, the function error on n_test fresh
-    sequences, the fit's objective and certificate, and the teacher's objective on the same sample. The
-    data, starts and test sequences come from the seed sequence (seed, n, replicate), so students of another
-    gate fitted with the same seed see the same sample (THEORY.md s3, comparison (b))."""
+                  n_starts: int = 8, search: Search = Search(), n_test: int = 2000, **solve_options) -> list[dict]:
+    """One replicate: draw n sequences from the teacher, fit the student (`fit_student`) and return one tidy
+    row per teacher head with the head errors, the function error on n_test fresh sequences, the fit's mean
+    squared error, certificate and search report, and the teacher's mean squared error on the same sample.
+    The data, starts and test sequences come from the seed sequence (seed, n, replicate), so students of
+    another gate fitted with the same seed see the same sample (THEORY.md s3, comparison (b))."""
     check_pair(teacher_spec, student_spec)
     teacher_spec.check_params(teacher, "teacher")
-    t0 = time.perf_counter()
     rng = np.random.default_rng([seed, n, replicate])
     X, y = sample_rows(teacher_spec, teacher, n, rng, noise_sd, design)
-    fit = fit_student(student_spec, X, y, n_starts, rng, **solve_options)
-    resid = y - row_output(teacher_spec, teacher, X)
+    fit = fit_student(student_spec, X, y, n_starts, search, rng, **solve_options)
+    fit.compare_with_truth(float(np.sum((y - row_output(teacher_spec, teacher, X)) ** 2)))
+    test = draw_sequences(teacher_spec, n_test, rng, design)
     common = {
-        "teacher_gate": teacher_spec.gate.name, "student_gate": student_spec.gate.name,
-        "N": teacher_spec.N, "d": teacher_spec.d, "teacher_heads": teacher_spec.heads,
-        "student_heads": student_spec.heads, "n": n, "replicate": replicate, "design": design,
-        "noise_sd": noise_sd, "objective": fit.best.objective, "truth_objective": float(resid @ resid) / n,
-        "grad_norm": fit.best.grad_norm, "converged": fit.best.converged, "n_starts": n_starts,
-        "function_error": function_error(student_spec, fit.params, teacher_spec, teacher,
-                                         draw_sequences(teacher_spec, n_test, rng, design)),
+        "teacher_gate": teacher_spec.gate.name, "student_gate": student_spec.gate.name, "N": teacher_spec.N,
+        "d": teacher_spec.d, "teacher_heads": teacher_spec.heads, "student_heads": student_spec.heads, "n": n,
+        "replicate": replicate, "design": design, "noise_sd": noise_sd, "mse": fit.objective / n,
+        "truth_mse": fit.truth_objective / n, "worse_than_truth": fit.worse_than_truth, "grad_norm": fit.grad_norm,
+        "converged": fit.converged, "certified": fit.certified, "stop": fit.stop, "local_fits": fit.search.n_starts,
+        "hits": fit.search.n_hits, "optima": fit.search.n_optima, "p_miss": fit.search.p_miss,
+        "function_error": np.nan if fit.measure is None else function_error(
+            student_spec, fit.measure, teacher_spec, teacher, test),
+        "runtime_s": fit.runtime_s,
     }
-    runtime = time.perf_counter() - t0
-    return [{**common, **errors, "runtime_s": runtime}
-            for errors in head_errors(student_spec, fit.params, teacher_spec, teacher)]
+    if fit.measure is None:
+        errors = [{"head": j, "cell_size": 0, "W_error": np.nan, "W_error_weighted": np.nan, "v_error": np.nan}
+                  for j in range(teacher_spec.heads)]
+    else:
+        errors = head_errors(student_spec, fit.measure, teacher_spec, teacher)
+    return [{**common, **row} for row in errors]
