@@ -13,6 +13,7 @@ from moe_sim.attention import (
     draw_sequences, fit_replicate, fit_student, function_error, head_errors, local_solve, moe_output, row_gates,
     row_jacobian, row_output, row_vjp, sample_rows,
 )
+from moe_sim.fit.estimators import Search
 from moe_sim.gates import FixedMask, Sigmoid, Softmax, TopKSoftmax
 
 N, D, ROW = 5, 2, 1
@@ -286,3 +287,12 @@ def test_students_of_other_gates_fitted_with_one_seed_see_the_same_sample():
                           n_starts=1, n_test=50)[0] for kind in ("softmax", "sigmoid_logn")]
     assert rows[0]["truth_mse"] == rows[1]["truth_mse"]
     assert rows[0]["mse"] != rows[1]["mse"]
+
+
+def test_fit_student_draws_rounds_of_starts_until_the_best_is_hit_often_enough():
+    spec = AttentionSpec(3, 2, Softmax())
+    X, y = sample_rows(spec, draw_params(spec, 21), 60, 22, noise_sd=0.1)
+    fit = fit_student(spec, X, y, n_starts=1, search=Search(hits=2, max_rounds=5), rng=23)
+    assert fit.search.met and fit.search.n_hits >= 2 and len(fit.starts) == fit.search.rounds >= 2
+    assert fit.objective == min(start.objective for start in fit.starts)
+    assert isinstance(fit.measure, AttentionParams) and fit.certified
