@@ -6,10 +6,11 @@ add up. Read as an MoE (THEORY.md s1), a head is N linear experts v^T E_j xbar u
 on the stacked tokens xbar in R^{N d}: `moe_form` builds it, and the tests check it against `row_output`.
 
 Sequences are arrays X of shape (n, N, d). Parameters are `AttentionParams`; `AttentionSpec.to_vector` and
-`from_vector` give the flat layout of the least-squares fit (`objective`, `local_solve`, `draw_start`,
-`fit_student`). `head_errors` and `function_error` measure a fit in coordinates the row identifies (the
-score matrix W, not W_Q and W_K; heads matched like Voronoi cells), and `fit_replicate` runs one
-(teacher, student, n, replicate) fit and returns tidy rows: the unit of the attention experiments.
+`from_vector` give the flat layout of the least-squares fit (`RowObjective`, `local_solve`, `draw_start`,
+`fit_student`: the estimator's local search, certificate and global search of `moe_sim.fit`). `head_errors`
+and `function_error` measure a fit in coordinates the row identifies (the score matrix W, not W_Q and W_K;
+heads matched like Voronoi cells), and `fit_replicate` runs one (teacher, student, n, replicate) fit and
+returns tidy rows: the unit of the attention experiments.
 """
 
 from __future__ import annotations
