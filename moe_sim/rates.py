@@ -8,7 +8,8 @@ the slope over the upper half of the n grid, the slope of 10%-trimmed means with
 
 Rows are keyed by the size of the Voronoi cell each replicate's atom actually has (the sweep's `cell_size`),
 so a series whose atom is over-specified in half of the replicates gives two rows, each compared with the
-prediction for its cell size, and a pooled row over all its replicates (cell_size -1, no prediction). Per-parameter quantities come as the cell's worst atom (param:<block>:max) and
+prediction for its cell size, and a pooled row over all its replicates (cell_size -1, no prediction). Per-parameter
+quantities come as the cell's worst atom (param:<block>:max) and
 its weight-averaged error (param:<block>:mean), each a row of its own.
 
 A verdict is a test that can fail: "consistent" only when the whole bootstrap interval of the slope lies
@@ -183,7 +184,8 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
     cell_size: the size of the true atom's Voronoi cell in the replicates of the row (-1: not per atom, or
     pooled over replicates with different sizes);
     replicates and cell_share: how many replicates have it, and their share of the (series, quantity, true
-    atom); min_replicates: the fewest at any n (below MIN_REPLICATES the verdicts are inconclusive); certified_share: the share whose fit is certified (NaN when the rows do not say). With `exp` (the
+    atom); min_replicates: the fewest at any n (below MIN_REPLICATES the verdicts are inconclusive);
+    certified_share: the share whose fit is certified (NaN when the rows do not say). With `exp` (the
     experiment that produced the rows) each row is compared with the theory's predicted exponent for its cell
     size, over the whole grid (verdict; against log(n / log n) for the regression function) and over its
     upper half (verdict_upper: the asymptotic regime, where the pre-asymptotic start of a grid is left out),

@@ -129,11 +129,13 @@ def _fit_one(fit_fn, series: Series, X, y, fit_seed):
 def _search_columns(result) -> dict:
     """The certificate of a fit and how sure its global search is (`moe_sim.fit.SearchReport`)."""
     search = None if result is None else result.search
+    counts = {"search_starts": "n_starts", "search_hits": "n_hits", "search_optima": "n_optima"}
     return {
-        "converged": result is not None and result.converged, "certified": result is not None and result.certified,
+        "converged": result is not None and result.converged,
+        "certified": result is not None and result.certified,
         "grad_norm": np.nan if result is None else result.grad_norm,
-        "search_starts": -1 if search is None else search.n_starts, "search_hits": -1 if search is None else search.n_hits,
-        "search_optima": -1 if search is None else search.n_optima, "search_gap": np.nan if search is None else search.gap,
+        **{column: -1 if search is None else getattr(search, name) for column, name in counts.items()},
+        "search_gap": np.nan if search is None else search.gap,
         "search_p_miss": np.nan if search is None else search.p_miss,
     }
 

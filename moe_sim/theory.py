@@ -150,7 +150,8 @@ def predicted_rates(spec: MoESpec, G_true: MixingMeasure, k: int, r=None) -> pd.
     """The predictions for fitting k atoms to data from G_true in this family, one row per cell type and block.
 
     Columns: cell ("exact" | "over"), cell_size, block, exponent (a in n^-a; NaN where no polynomial rate
-    is predicted), rate (its label; "measured" where the theory predicts nothing), reference ("G*" or "G_bar"), tag, source. Over-specified rows are given
+    is predicted), rate (its label; "measured" where the theory predicts nothing), reference ("G*" or "G_bar"), tag,
+    source. Over-specified rows are given
     for every cell size from 2 to k - k* + 1. The regression function's sqrt(log n / n) [S] is always the
     first row.
     """

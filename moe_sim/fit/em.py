@@ -215,7 +215,8 @@ def _score(T: Array, gate: _Gate, design: _Design, expert: Array, var: Array, va
     d_gate = T[:, :m] - gate.single[:, :m]
     d_expert = (b - np.einsum("kpq,kq->kp", A, expert)) / var[:, None]
     d_log_var = 0.5 * (ssr / var - T[:, 0])
-    d_log_var = np.where((var <= var_floor) & (d_log_var < 0), 0.0, d_log_var)  # at the floor: only up
+    at_floor = var <= var_floor * (1 + 1e-9)  # a variance at its floor is only free to grow
+    d_log_var = np.where(at_floor & (d_log_var < 0), 0.0, d_log_var)
     return np.concatenate([d_gate[:-1].ravel(), d_expert.ravel(), d_log_var])
 
 

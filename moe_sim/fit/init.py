@@ -235,7 +235,9 @@ def split_starts(spec: MoESpec, G_fewer: MixingMeasure, rng, count: int | None =
             elif direction == "expert":
                 first, second = (half, beta, eta + de), (half, beta, eta - de)
             else:
-                first, second = (spec.gate_family.scaled_bias(c, 0.7), beta, eta + 0.1 * de), (spec.gate_family.scaled_bias(c, 0.3), beta, eta - 0.1 * de)
+                gate = spec.gate_family
+                first = (gate.scaled_bias(c, 0.7), beta, eta + 0.1 * de)
+                second = (gate.scaled_bias(c, 0.3), beta, eta - 0.1 * de)
             out.append(_with_atom(G_fewer, i, first, second))
     order = rng.permutation(len(out))
     return [out[j] for j in order[:count]]

@@ -33,7 +33,9 @@ from scipy.optimize import least_squares, minimize
 from threadpoolctl import ThreadpoolController
 
 from ..measure import MixingMeasure, MoESpec
-from ..model import Features, Scratch, check_inputs, forward, forward_stacked, pullback, regression_gradient, regression_vjp
+from ..model import (
+    Features, Scratch, check_inputs, forward, forward_stacked, pullback, regression_gradient, regression_vjp,
+)
 from .result import FitResult, StartResult
 
 _BLOCKS = ("bias", "gate", "expert")
