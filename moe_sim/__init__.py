@@ -1,9 +1,10 @@
 """moe-sim: a simulator for the convergence rates of softmax- and sigmoid-gated mixtures of experts."""
 
+from .attention import AttentionParams, AttentionSpec, attention_gate
 from .conditioning import asymptotic_sd
 from .config import load_config
 from .families import EXPERTS, ExpertFamily, register_expert
-from .gates import GATES, Gate, register_gate
+from .gates import GATES, BiasedSigmoid, FixedMask, Gate, NormalisedSigmoid, TopKSoftmax, register_gate
 from .fit import INITS, closest_measure, fit, profile
 from .measure import MixingMeasure, MoESpec
 from .model import log_density, log_density_gradient, regression_function, regression_gradient
@@ -17,14 +18,21 @@ from .voronoi import loss_kind, parameter_errors, sigmoid_regime, voronoi_cells,
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionParams",
+    "AttentionSpec",
+    "BiasedSigmoid",
     "EXPERTS",
     "ExpertFamily",
+    "FixedMask",
     "GATES",
     "Gate",
     "INITS",
     "MixingMeasure",
     "MoESpec",
+    "NormalisedSigmoid",
+    "TopKSoftmax",
     "asymptotic_sd",
+    "attention_gate",
     "closest_measure",
     "draw_design",
     "fit",

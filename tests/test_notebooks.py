@@ -12,7 +12,8 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.py"))
 
 def test_the_notebooks_are_found():
     """Guards the parametrisation below: an empty glob would run no notebook and pass."""
-    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "convergence_rates", "custom_expert", "sigmoid_attention"}
+    assert {p.stem for p in NOTEBOOKS} >= {
+        "quickstart", "convergence_rates", "custom_expert", "sigmoid_attention", "attention_rows"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
