@@ -399,10 +399,10 @@ def fit_student(spec: AttentionSpec, X, y, n_starts: int = 8, search: Search = S
             records.append(StartResult("random", n * end.objective if finite else np.nan, end.n_iter,
                                        end.converged, end.reason, end.grad_norm,
                                        spec.from_vector(end.theta) if finite else None, end.stop))
-        report = estimator._report(records, n, round_ + 1)
+        report = estimator.search_report(records, n, round_ + 1)
         if report.met:
             break
-    best = estimator._best(records)
+    best = estimator.best_start(records)
     if best is None:
         return FitResult(None, np.nan, sum(r.n_iter for r in records), False, time.perf_counter() - t0, "lse",
                          "every start failed", records, search=report)

@@ -138,6 +138,12 @@ class Sigmoid(Gate):
     def bias_of(self, weight):
         return logit(weight)
 
+    def scaled_bias(self, bias, share):
+        return _sigmoid_scaled_bias(bias, share)
+
+    def merged_bias(self, bias):
+        return _sigmoid_merged_bias(bias)
+
     def regime(self, G_true):
         """1 when some true atom has zero score parameters (a constant gate extra atoms can split), else 2."""
         return 1 if np.any(np.all(G_true.gate == 0, axis=1)) else 2

@@ -137,7 +137,7 @@ def test_non_finite_fit_returns_unconverged_result():
         ({"k": 0}, "k = 0 is not allowed"),
         ({"method": "newton"}, "method = 'newton' is not allowed"),
         ({"init": "spectral"}, "init='spectral' is not allowed.*'kmeans'"),
-        ({"backend": "jax"}, r"estimator option\(s\) \['backend'\].*allowed: search, tol"),
+        ({"backend": "jax"}, r"estimator option\(s\) \['backend'\].*allowed: search, screen, keep, tol"),
         ({"init_options": {"sd": 1}}, "init_options has unknown keys"),
         ({"n_starts": 0}, "n_starts must be a positive integer"),
         ({"init": "near_truth"}, "needs the true measure"),

@@ -167,7 +167,7 @@ class Estimator:
                 fewer = self._chain(spec, X, y, k - 1, rng)
             starts = self._draw(spec, X, y, k, plan, rng, G_true, init_options, fewer, records, round_)
             records += self.local_fits(spec, X, y, k, starts, rng)
-            report = self._report(records, len(y), round_ + 1)
+            report = self.search_report(records, len(y), round_ + 1)
             if report.met:
                 break
         return self._result(spec, X, y, records, report, G_true)
@@ -180,7 +180,7 @@ class Estimator:
         X, y = check_inputs(spec, X, y)
         starts = check_starts(spec, k, starts)
         records = self.local_fits(spec, X, y, k, starts, np.random.default_rng(rng), **local_options)
-        return self._result(spec, X, y, records, self._report(records, len(y), 1), G_true)
+        return self._result(spec, X, y, records, self.search_report(records, len(y), 1), G_true)
 
     def _chain(self, spec, X, y, k: int, rng) -> MixingMeasure | None:
         """The best k-atom fit of a one-round search whose split starts come from k - 1 atoms, recursively."""
@@ -196,16 +196,16 @@ class Estimator:
         if plan.get("split") and fewer is not None:
             starts += [("split", _with_variance(spec, G, X, y) if gaussian and G.var is None else G)
                        for G in split_starts(spec, fewer, rng, plan["split"])]
-        best = self._best(records)
+        best = self.best_start(records)
         if plan.get("merge") and round_ > 0 and best is not None:
             starts += [("merge", G) for G in merge_starts(spec, best.measure, rng, plan["merge"])]
         return starts
 
-    def _best(self, records) -> StartResult | None:
+    def best_start(self, records) -> StartResult | None:
         done = [r for r in records if r.measure is not None and np.isfinite(r.objective)]
         return min(done, key=lambda r: self.sense * r.objective) if done else None
 
-    def _report(self, records, n: int, rounds: int) -> SearchReport:
+    def search_report(self, records, n: int, rounds: int) -> SearchReport:
         done = [r for r in records if r.measure is not None and np.isfinite(r.objective)]
         if not done:
             return SearchReport(0, 0, 0, np.inf, 1.0, False, rounds, self.search.hit_tol)
@@ -223,7 +223,7 @@ class Estimator:
         return SearchReport(N, hits, w, gap, p_miss, hits >= self.search.hits, rounds, tol)
 
     def _result(self, spec, X, y, records, report, G_true) -> FitResult:
-        best = self._best(records)
+        best = self.best_start(records)
         if best is None:
             reasons = "; ".join(sorted({r.reason for r in records if r.reason}))
             result = FitResult(None, np.nan, sum(r.n_iter for r in records), False, 0.0, self.method,
