@@ -60,6 +60,13 @@ def _label(rate: pd.Series) -> str:
     return text
 
 
+def _per_cell_size(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary without the pooled rows (cell size -1) of atoms that also have rows per cell size: each
+    point and line of a panel belongs to one cell size, the one its prediction is for."""
+    split = summary[(summary.cell_size >= 0)].groupby("true_atom").size()
+    return summary[~((summary.cell_size < 0) & summary.true_atom.isin(split.index))]
+
+
 def plot_experiment(rows: pd.DataFrame, exp: Experiment, out_dir, quantities=None, stat: str | None = None,
                     rates: pd.DataFrame | None = None) -> list[Path]:
     """Log-log panels (series x quantity): statistic per n with its bootstrap 95% interval, the fitted line
@@ -77,11 +84,14 @@ def plot_experiment(rows: pd.DataFrame, exp: Experiment, out_dir, quantities=Non
     for r, s_i in enumerate(series):
         for c, quantity in enumerate(quantities):
             ax = axes[r, c]
-            part = summary[(summary.series_index == s_i) & (summary.quantity == quantity) & (summary.center > 0)]
-            for color, (atom, sub) in zip(matplotlib.colormaps["tab10"].colors, part.groupby("true_atom")):
+            part = _per_cell_size(
+                summary[(summary.series_index == s_i) & (summary.quantity == quantity) & (summary.center > 0)])
+            groups = part.groupby(["true_atom", "cell_size"])
+            for color, ((atom, cell), sub) in zip(matplotlib.colormaps["tab10"].colors, groups):
                 err = np.vstack([sub.center - sub.ci_low, sub.ci_high - sub.center])
                 ax.errorbar(sub.n, sub.center, yerr=err, fmt="o", ms=3, color=color, capsize=2)
-                fit = rates[(rates.series_index == s_i) & (rates.quantity == quantity) & (rates.true_atom == atom)]
+                fit = rates[(rates.series_index == s_i) & (rates.quantity == quantity) & (rates.true_atom == atom)
+                            & (rates.cell_size == cell)]
                 if fit.empty or not np.isfinite(fit.iloc[0].slope):
                     continue
                 rate = fit.iloc[0]

@@ -157,6 +157,8 @@ def verdict(predicted: float, rate_label: str, slope: float, ci: tuple[float, fl
     """The measured slope's bootstrap interval ci against the predicted slope -predicted (module docstring):
     consistent, faster, slower, inconclusive, not identified, "slow: no polynomial rate", or "" (no verdict:
     NaN slope or interval, or no polynomial prediction). min_replicates: the fewest replicates at any n."""
+    if not np.isfinite(slope):  # nothing measured (a median of 0 at some n): no verdict of any kind
+        return ""
     if rate_label == NOT_IDENTIFIED:
         return NOT_IDENTIFIED
     if rate_label in SLOW:

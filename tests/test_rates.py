@@ -64,6 +64,7 @@ def test_verdicts():
     assert verdict(0.5, "n^-1/2", np.nan, (-0.6, -0.45)) == ""  # NaN slope: no verdict
     assert verdict(0.5, "n^-1/2", -0.5, (np.nan, np.nan)) == ""
     assert verdict(np.nan, "not identified", -0.2, (-0.3, -0.1)) == "not identified"
+    assert verdict(np.nan, "not identified", np.nan, (-0.3, -0.1)) == ""  # nothing measured, no verdict at all
     assert verdict(np.nan, "slow", -0.2, (-0.3, -0.1)) == "slow: no polynomial rate"
     assert verdict(np.nan, "measured", -0.2, (-0.3, -0.1)) == ""
     assert verdict(np.nan, "no prediction", -0.2, (-0.3, -0.1)) == ""
