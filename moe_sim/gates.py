@@ -212,8 +212,8 @@ class TopKSoftmax(Softmax):
     returns. Where they cross, f = sum_i g_i h_i jumps by the crossing atoms' gate times the difference of their
     experts (K < k): least squares over top-K gates is piecewise smooth with jumps, so a gradient certificate
     may not be reachable at its minimum. With fewer atoms than K (the global search fits chains of fewer atoms)
-    every atom is kept: plain softmax. weight(c) = exp(c) is an atom's weight before the truncation: with constant scores the gate of a
-    selected atom is its exp(c) over the sum of the K largest. Translation invariant: a common shift keeps
+    every atom is kept: plain softmax. weight(c) = exp(c) is an atom's weight before the truncation: with
+    constant scores the gate of a selected atom is its exp(c) over the sum of the K largest. Translation invariant: a common shift keeps
     both the order and the softmax. K larger than a known number of atoms (N tokens) is refused where that
     number is given (`moe_sim.attention.AttentionSpec`).
     """

@@ -108,6 +108,11 @@ def test_shared_data_needs_the_same_regression_function():
     ({"truth": {**BASE["truth"], "var": [0.1, 0.1]}}, "'series\\[0\\].truth.var' = \\[0.1, 0.1\\] .*no variances"),
     ({"estimator": {"init": "kmean"}}, "'series\\[0\\].estimator.init': init='kmean' is not allowed"),
     ({"estimator": {"options": [1]}}, "'series\\[0\\].estimator.options' = \\[1\\] .*table of lse estimator options"),
+    ({"estimator": {"options": {"tol": 1e-3, "ftol_n": 1e-6}}},
+     "'series\\[0\\].estimator.options': estimator option\\(s\\) \\['ftol_n'\\] = \\[1e-06\\] not allowed"),
+    ({"estimator": {"method": "em", "options": {"polish": "yes"}}}, "EM.polish = 'yes' is not allowed"),
+    ({"estimator": {"options": {"search": {"hits": 0}}}}, "Search.hits = 0 is not allowed"),
+    ({"estimator": {"init": "near_truth"}}, "'series\\[0\\].estimator.init' = 'near_truth' .*bias the rates"),
     ({"allow_large_n": "yes"}, "'allow_large_n' = 'yes'"),
     ({"noise_sd": float("inf")}, "'noise_sd' = inf"),
 ])
@@ -146,3 +151,15 @@ def test_large_n_runs_when_confirmed():
     assert exp.n_grid == (200, 2_000_000) and exp.eval_n == 3_000_000
     assert exp.fingerprint() == parse_config(with_(n=[200, 2_000_000], eval_n=3_000_000, allow_large_n=True,
                                                    description="x")).fingerprint()
+
+
+def test_a_misspelled_estimator_option_in_a_toml_fails_in_load_config(tmp_path):
+    path = tmp_path / "typo.toml"
+    path.write_text(
+        'name = "typo"\nn = [100, 200]\n[model]\ngate = "sigmoid"\nexpert = "linear"\n'
+        '[truth]\nbias = [0.0]\ngate = [[0.0]]\nexpert = [[0.0, 1.0]]\n'
+        '[estimator]\noptions = { bounds = 5.0, max_itr = 100 }\n'
+    )
+    message = r"estimator option\(s\) \['max_itr'\] = \[100\] not allowed .*allowed: .*max_iter"
+    with pytest.raises(ValueError, match=message):
+        load_config(path)

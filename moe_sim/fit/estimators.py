@@ -48,7 +48,7 @@ def distinct_best(values: list[float], keep: int) -> list[int]:
     return sorted(chosen)
 
 
-_SCREEN_TOL = 1e-5  # the stopping tolerance of fits on the screening subsample: they only rank the starts
+_SCREEN_TOL = 1e-3  # the stopping tolerance of fits on the screening subsample: they only rank the starts
 
 
 def _is_real(value) -> bool:

@@ -224,16 +224,17 @@ def minimise(obj: RSSObjective, theta0: np.ndarray, lim, tol: float, max_iter: i
             v, g = obj(t)
             return v / ref, g / ref
 
+        budget = max(max_iter - nit, 1)
         options = {"ftol": 0.0, "gtol": tol * (value / ref if np.isfinite(value) else 1.0), "maxcor": maxcor,
-                   "maxiter": max(max_iter - nit, 1), "maxfun": 2 * max_iter}
+                   "maxiter": budget, "maxfun": 2 * budget}
         res = minimize(scaled, theta, jac=True, method="L-BFGS-B", options=options, bounds=box_)
         theta, nit = res.x, nit + int(res.nit)
         value, statistic = _statistic(obj, theta, lim)
         if not np.isfinite(value) or statistic <= tol:
             return _certify(obj, theta, lim, tol, nit, "")
-        if nit >= max_iter or res.status == 1:
+        if nit >= max_iter:
             return _certify(obj, theta, lim, tol, nit, "iteration cap")
-        if res.status == 2 or "REDUCTION" in str(res.message):  # the line search is at machine precision
+        if res.status != 0 or "REDUCTION" in str(res.message):  # the line search is at machine precision
             return _gauss_newton(obj, theta, lim, tol, nit)
         ref = value
     return _certify(obj, theta, lim, tol, nit, f"{_RESTARTS} L-BFGS-B restarts")
@@ -241,7 +242,8 @@ def minimise(obj: RSSObjective, theta0: np.ndarray, lim, tol: float, max_iter: i
 
 def _gauss_newton(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: int) -> LocalFit:
     """The second-order polish of a fit where L-BFGS-B reached machine precision before the gradient test:
-    trust-region reflective Gauss-Newton (scipy least_squares) on the residuals, kept only where it lowers F."""
+    Levenberg-Marquardt (trust-region reflective Gauss-Newton within bounds; scipy least_squares) on the
+    residuals, kept only where it lowers F."""
     bounds = (-np.inf, np.inf) if lim is None else lim
     start = theta
     if lim is not None:
@@ -254,10 +256,11 @@ def _gauss_newton(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: in
             last.update(t=t.copy(), value=obj.residuals_and_jacobian(t))
         return last["value"]
 
-    sol = least_squares(lambda t: evaluate(t)[0], start, jac=lambda t: evaluate(t)[1], method="trf",
-                        bounds=bounds, ftol=1e-15, xtol=1e-15, gtol=1e-15, max_nfev=50)
+    sol = least_squares(lambda t: evaluate(t)[0], start, jac=lambda t: evaluate(t)[1],
+                        method="lm" if lim is None else "trf", bounds=bounds, x_scale="jac", ftol=1e-15, xtol=1e-15,
+                        gtol=1e-15, max_nfev=200)
     better = obj(sol.x)[0] < obj(theta)[0]
-    return _certify(obj, sol.x if better else theta, lim, tol, nit + int(sol.nfev), "at machine precision")
+    return _certify(obj, sol.x if better else theta, lim, tol, nit + int(sol.nfev), "after a Gauss-Newton polish")
 
 
 def solve(spec: MoESpec, X, y, k: int, starts: list[tuple[str, MixingMeasure]], *, bounds, tol: float,
