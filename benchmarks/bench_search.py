@@ -2,7 +2,7 @@
 what it costs; and the default EM on paper a's peer data, side by side with the peer's log-likelihood.
 
     .venv/bin/python benchmarks/bench_search.py [--reps 5] [--sizes 1000] [--brute 64] [--models ...]
-    .venv/bin/python benchmarks/bench_search.py --peer [--peer-sizes 1000 10000]
+    .venv/bin/python benchmarks/bench_search.py --peer [--peer-sizes 1000 10000] [--var-floor 0.01]
     .venv/bin/python benchmarks/bench_search.py --cost [--cost-sizes 1000 10000 100000]
 
 Global-fit rate: per model and n, over `--reps` samples, the share of default fits (`ms.fit` with the
@@ -58,8 +58,8 @@ class Model:
 
 _SIGMOID_BOX = {"bias": (-2.944, 20.0), "gate": (-20.0, 20.0), "expert": (-20.0, 20.0)}
 MODELS = {
-    "paper_a_k3": Model("paper_a_k3", PAPER_A, G_PAPER_A, 3, 0.0, "equispaced", (0.0, 1.0), {}),
-    "paper_a_k4": Model("paper_a_k4", PAPER_A, G_PAPER_A, 4, 0.0, "equispaced", (0.0, 1.0), {}),
+    "paper_a_k3": Model("paper_a_k3", PAPER_A, G_PAPER_A, 3, 0.0, "equispaced", (0.0, 1.0), {"var_floor": 0.01}),
+    "paper_a_k4": Model("paper_a_k4", PAPER_A, G_PAPER_A, 4, 0.0, "equispaced", (0.0, 1.0), {"var_floor": 0.01}),
     "paper_b_k3": Model("paper_b_k3", ms.MoESpec(gate="softmax", expert="sigmoid"),
                         ms.MixingMeasure([-2.0, 0.0], [[4.0], [0.0]], [[-6.0, 12.0], [4.0, -10.0]]), 3, 2e-4,
                         "uniform", (0.0, 1.0), {}),
@@ -109,13 +109,14 @@ def global_rate_rows(models, sizes, reps: int, brute: int) -> list[dict]:
     return rows
 
 
-def peer_rows(sizes) -> list[dict]:
+def peer_rows(sizes, var_floor: float | None) -> list[dict]:
     fits = pd.read_csv(PEER / "peer_fits.csv")
     rows = []
     for row in fits[fits.n.isin(sizes)].itertuples():
         data = pd.read_csv(PEER / f"sgame_n{row.n}_seed{row.seed}.csv")
         tic = time.perf_counter()
-        res = ms.fit(PAPER_A, data.x.to_numpy(), data.y.to_numpy(), row.K, method="em", rng=row.seed)
+        floor = {} if var_floor is None else {"var_floor": var_floor}
+        res = ms.fit(PAPER_A, data.x.to_numpy(), data.y.to_numpy(), row.K, method="em", rng=row.seed, **floor)
         rows.append({"n": row.n, "seed": row.seed, "K": row.K, "peer loglik": f"{row.loglik:.3f}",
                      "moe-sim loglik": f"{res.objective:.3f}", "difference": f"{res.objective - row.loglik:+.3f}",
                      "smallest variance": f"{res.measure.var.min():.2g}", "certified": res.certified,
@@ -150,12 +151,13 @@ def main() -> None:
     parser.add_argument("--brute", type=int, default=64)
     parser.add_argument("--peer", action="store_true", help="the peer table instead of the global-fit rates")
     parser.add_argument("--peer-sizes", nargs="+", type=int, default=[1000, 10000])
+    parser.add_argument("--var-floor", type=float, help="EM's variance floor in the peer table (default: EM's)")
     parser.add_argument("--cost", action="store_true", help="the cost table instead of the global-fit rates")
     parser.add_argument("--cost-sizes", nargs="+", type=int, default=[1000, 10000, 100000])
     args = parser.parse_args()
     with threadpool_limits(limits=1):
         if args.peer:
-            rows = peer_rows(args.peer_sizes)
+            rows = peer_rows(args.peer_sizes, args.var_floor)
         elif args.cost:
             rows = cost_rows(args.cost_sizes, args.reps)
         else:

@@ -5,7 +5,7 @@ from .conditioning import asymptotic_sd
 from .config import load_config
 from .families import EXPERTS, ExpertFamily, register_expert
 from .gates import GATES, BiasedSigmoid, FixedMask, Gate, NormalisedSigmoid, TopKSoftmax, register_gate
-from .fit import INITS, closest_measure, fit, profile
+from .fit import EM, INITS, LeastSquares, Search, closest_measure, fit, profile
 from .measure import MixingMeasure, MoESpec
 from .model import log_density, log_density_gradient, regression_function, regression_gradient
 from .rates import rate_table, sample_complexity
@@ -21,15 +21,18 @@ __all__ = [
     "AttentionParams",
     "AttentionSpec",
     "BiasedSigmoid",
+    "EM",
     "EXPERTS",
     "ExpertFamily",
     "FixedMask",
     "GATES",
     "Gate",
     "INITS",
+    "LeastSquares",
     "MixingMeasure",
     "MoESpec",
     "NormalisedSigmoid",
+    "Search",
     "TopKSoftmax",
     "asymptotic_sd",
     "attention_gate",

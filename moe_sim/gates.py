@@ -213,9 +213,9 @@ class TopKSoftmax(Softmax):
     experts (K < k): least squares over top-K gates is piecewise smooth with jumps, so a gradient certificate
     may not be reachable at its minimum. With fewer atoms than K (the global search fits chains of fewer atoms)
     every atom is kept: plain softmax. weight(c) = exp(c) is an atom's weight before the truncation: with
-    constant scores the gate of a selected atom is its exp(c) over the sum of the K largest. Translation invariant: a common shift keeps
-    both the order and the softmax. K larger than a known number of atoms (N tokens) is refused where that
-    number is given (`moe_sim.attention.AttentionSpec`).
+    constant scores the gate of a selected atom is its exp(c) over the sum of the K largest. Translation
+    invariant: a common shift keeps both the order and the softmax. K larger than a known number of atoms (N
+    tokens) is refused where that number is given (`moe_sim.attention.AttentionSpec`).
     """
 
     top_k: int
@@ -236,7 +236,7 @@ class TopKSoftmax(Softmax):
 
 
 @dataclass(frozen=True)
-class NormalisedSigmoid(Gate):
+class NormalisedSigmoid(Sigmoid):
     """g_i = sigmoid(z_i) / sum_j sigmoid(z_j): gates that sum to one without softmax's exponential
     competition. weight(c) = sigmoid(c), so `weight_shares` is the gate of atoms with constant scores. Not
     translation invariant. Its sigmoid regimes are those of the plain sigmoid (THEORY.md s1, restated for
@@ -248,20 +248,6 @@ class NormalisedSigmoid(Gate):
     """
 
     name = "normalised_sigmoid"
-    max_weight = 1.0
-    regime = Sigmoid.regime
-
-    def weight(self, bias):
-        return sigmoid(bias)
-
-    def bias_of(self, weight):
-        return logit(weight)
-
-    def scaled_bias(self, bias, share):
-        return _sigmoid_scaled_bias(bias, share)
-
-    def merged_bias(self, bias):
-        return _sigmoid_merged_bias(bias)
 
     def gates(self, z, scratch=_fresh):
         k, n = z.shape

@@ -6,18 +6,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.optimize import minimize
 
 import moe_sim as ms
 from moe_sim.fit import EM, LeastSquares, Search
+from tests.test_em import _direct_mle
 
 PEER = Path(__file__).parent / "data" / "peer"
 TANH = ms.MoESpec(gate="sigmoid", expert="tanh")
 G_TANH = ms.MixingMeasure(bias=[1.0, -0.5], gate=[[-1.2], [-1.5]], expert=[[1.0, -1.3], [-1.7, -0.4]])
-
-
-def _flat(grad: dict, blocks) -> np.ndarray:
-    return np.concatenate([grad[b].sum(axis=-1).ravel() for b in blocks])
 
 
 def _lse_statistics(spec, G, X, y):
@@ -55,26 +51,6 @@ def _em_gradient(spec, G, X, y) -> np.ndarray:
     return np.concatenate(parts) / len(y)
 
 
-def _independent_polish(spec, G, X, y) -> float:
-    """The log-likelihood after scipy's L-BFGS-B over every parameter (log variances), from G: tight tolerances."""
-    k, q, p = G.k, spec.q, spec.p
-
-    def unpack(theta):
-        bias, gate, expert, log_var = np.split(theta, np.cumsum([k, k * q, k * p]))
-        return ms.MixingMeasure(bias, gate.reshape(k, q), expert.reshape(k, p), np.exp(log_var))
-
-    def neg_ll(theta):
-        M = unpack(theta)
-        grad = ms.log_density_gradient(spec, M, X, y)
-        g = np.concatenate([_flat(grad, ("bias", "gate", "expert")), grad["var"].sum(axis=-1) * M.var])
-        return -ms.log_density(spec, M, X, y).sum(), -g
-
-    theta0 = np.concatenate([G.bias, G.gate.ravel(), G.expert.ravel(), np.log(G.var)])
-    out = minimize(neg_ll, theta0, jac=True, method="L-BFGS-B",
-                   options={"maxiter": 5000, "ftol": 1e-15, "gtol": 1e-10, "maxcor": 30})
-    return -min(out.fun, neg_ll(theta0)[0])
-
-
 @pytest.mark.parametrize("n,k", [(1_000, 2), (1_000, 3), (100_000, 2)])
 def test_em_criterion_holds_and_an_independent_polish_gains_nothing(paper_a, n, k):
     spec, G = paper_a
@@ -84,7 +60,7 @@ def test_em_criterion_holds_and_an_independent_polish_gains_nothing(paper_a, n, 
     assert res.converged
     for start in (s for s in res.starts if s.converged):
         assert np.max(np.abs(_em_gradient(spec, start.measure, X, y))) <= est.tol * (1 + 1e-6)
-    gain = _independent_polish(spec, res.measure, X, y) - res.objective
+    gain = _direct_mle(spec, X, y, res.measure)[1] - res.objective  # scipy's L-BFGS-B over every parameter
     assert gain < 1e-3, gain
 
 

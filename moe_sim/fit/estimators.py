@@ -25,7 +25,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..measure import MixingMeasure, MoESpec
-from ..model import Features, check_inputs, forward, log_density
+from ..model import check_inputs, log_density
 from . import em, lse
 from .init import FROM_FITS, check_starts, initial_measures, merge_starts, split_starts, start_plan
 from .result import FitResult, SearchReport, StartResult
@@ -126,7 +126,8 @@ class Estimator:
         values = [self.sense * r.objective if r.measure is not None else np.inf for r in pre]
         best = [i for i in np.argsort(values, kind="stable") if np.isfinite(values[i])][: self.search.hits]
         chosen = sorted(set(distinct_best(values, self.keep)) | set(best))
-        full = iter(self.solve(spec, X, y, k, [(starts[i][0], pre[i].measure) for i in chosen], self.tol, **options))
+        polished = [(starts[i][0], pre[i].measure) for i in chosen]
+        full = iter(self.solve(spec, X, y, k, polished, self.tol, **options))
         records = []
         for i, (name, _) in enumerate(starts):
             if i in chosen:
@@ -192,20 +193,20 @@ class Estimator:
         drawn = {name: count for name, count in plan.items() if name not in FROM_FITS}
         starts = initial_measures(spec, X, y, k, drawn, rng=rng, G_true=G_true, method=self.method,
                                   **(init_options or {})) if drawn else []
-        gaussian = spec.likelihood == "gaussian"
-        if plan.get("split") and fewer is not None:
-            starts += [("split", _with_variance(spec, G, X, y) if gaussian and G.var is None else G)
-                       for G in split_starts(spec, fewer, rng, plan["split"])]
+        if plan.get("split") and fewer is not None:  # a Gaussian chain fit carries variances, and so its splits
+            starts += [("split", G) for G in split_starts(spec, fewer, rng, plan["split"])]
         best = self.best_start(records)
         if plan.get("merge") and round_ > 0 and best is not None:
             starts += [("merge", G) for G in merge_starts(spec, best.measure, rng, plan["merge"])]
         return starts
 
     def best_start(self, records) -> StartResult | None:
+        """The local fit with the best objective (None when none ended finite)."""
         done = [r for r in records if r.measure is not None and np.isfinite(r.objective)]
         return min(done, key=lambda r: self.sense * r.objective) if done else None
 
     def search_report(self, records, n: int, rounds: int) -> SearchReport:
+        """How sure the search is after `rounds` rounds of these local fits (module docstring)."""
         done = [r for r in records if r.measure is not None and np.isfinite(r.objective)]
         if not done:
             return SearchReport(0, 0, 0, np.inf, 1.0, False, rounds, self.search.hit_tol)
@@ -235,13 +236,6 @@ class Estimator:
         if G_true is not None:
             result.compare_with_truth(self.objective(spec, X, y, G_true))
         return result
-
-
-def _with_variance(spec: MoESpec, G: MixingMeasure, X, y) -> MixingMeasure:
-    """G with every atom's variance set to the residual variance of its regression function."""
-    f = forward(spec, G, Features.of(spec, X)).f
-    var = max(float(np.mean((y - f) ** 2)), 1e-3 * float(np.var(y)), 1e-12)
-    return MixingMeasure(G.bias, G.gate, G.expert, np.full(G.k, var))
 
 
 @dataclass(frozen=True)
