@@ -19,9 +19,10 @@ from . import store
 from .config import Experiment, parse_config
 from .rates import rate_table, sample_complexity, summarize
 
-TABLE_COLUMNS = ["series", "quantity", "true_atom", "cell_size", "slope", "ci_low", "ci_high", "slope_lognn",
-                 "slope_upper", "slope_upper_ci_low", "slope_upper_ci_high", "trimmed_slope", "runaway_share",
-                 "failed_share", "predicted_rate", "tag", "verdict", "verdict_upper"]
+TABLE_COLUMNS = ["series", "quantity", "true_atom", "cell_size", "replicates", "slope", "ci_low", "ci_high",
+                 "slope_lognn", "slope_upper", "slope_upper_ci_low", "slope_upper_ci_high", "trimmed_slope",
+                 "runaway_share", "failed_share", "not_converged_share", "certified_share", "predicted_rate", "tag",
+                 "verdict", "verdict_upper"]
 
 
 def experiment_of(results_dir) -> Experiment:

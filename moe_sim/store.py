@@ -32,8 +32,7 @@ MANIFEST = "manifest.json"
 SHARDS = "shards"
 LOCK = ".lock"
 PROVENANCE_KEY = b"moe_sim.provenance"
-PACKAGES = ("moe-sim", "numpy", "scipy", "pandas", "pyarrow", "joblib", "matplotlib", "dask", "distributed",
-            "torch")
+PACKAGES = ("moe-sim", "numpy", "scipy", "pandas", "pyarrow", "joblib", "matplotlib", "dask", "distributed")
 ROW_ORDER = ["series_index", "n", "replicate", "quantity", "true_atom"]
 
 

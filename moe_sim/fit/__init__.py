@@ -15,7 +15,6 @@ from .profile import Profile, profile
 from .result import FitResult, SearchReport, StartResult
 
 METHODS = tuple(ESTIMATORS)
-BACKENDS = ("numpy", "torch")
 
 __all__ = [
     "DEFAULT_PLAN", "EM", "INITS", "METHODS", "TRUTH_FREE", "ClosestMeasure", "Estimator", "FitResult",
