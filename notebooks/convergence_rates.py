@@ -106,12 +106,16 @@ fig.tight_layout()
 # predicts n^-1/4 for the expert and gate of a tanh atom whose cell holds two fitted atoms ([R] in
 # THEORY.md), but whether that rate is visible at this noise and n range is the profile pre-flight's
 # question (`ms.profile`): the split of a tanh cell has a tiny constant, so at sigma = 0.1 these n are
-# pre-asymptotic. In the table below (medians over replicates, by cell size) the singleton cell's expert
-# error falls with n while the two-atom cell's per-atom errors stay of order one.
+# pre-asymptotic. Worse, these experts are act(a x + b), outside the theory's class (THEORY.md s1), and the
+# global search finds the lowest residual sum of squares of the over-specified fit in configurations far from
+# the truth: in the table below (medians over replicates, by cell size) the two-atom cell's worst atom is
+# several units away at every n (the box is [-10, 10]), while the cell's weighted-mean expert, the quantity
+# least squares identifies, stays much closer. `certified` says how many fits met their stopping rules.
 
 # %%
 over = rows[(rows.series_index == 1) & rows.quantity.isin(["param:expert:max", "param:expert_mean:max"])]
 by_cell = over.groupby(["quantity", "cell_size", "n"]).value.median().unstack("n")
-singleton = by_cell.loc[("param:expert:max", 1)]
-assert singleton.iloc[-1] < singleton.iloc[0]
+pair_worst, pair_mean = by_cell.loc[("param:expert:max", 2)], by_cell.loc[("param:expert_mean:max", 2)]
+assert (pair_worst > 1.0).all() and (pair_mean < pair_worst).all()
+print(rows[rows.series_index == 1].groupby("n").certified.mean().rename("certified share"))
 by_cell
