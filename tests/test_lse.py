@@ -251,3 +251,11 @@ def test_paper_b_truth_has_a_distant_three_atom_representation():
     result = lse_fit(spec, X, y, 3, [("swapped", swapped)], screen=None)
     assert result.objective / len(y) < 1e-10
     assert ms.voronoi_loss(spec, result.measure, G, kind="D1") > 1.0
+
+
+def test_an_estimator_object_or_options_not_both():
+    X, y = ms.sample(TANH, G_TANH, 50, rng=0)
+    with pytest.raises(ValueError, match="give either estimator="):
+        fit(TANH, X, y, 2, estimator=LeastSquares(), tol=1e-3)
+    with pytest.raises(ValueError, match="give either estimator="):
+        fit(TANH, X, y, 2, method="em", estimator=LeastSquares())

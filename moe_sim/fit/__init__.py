@@ -28,7 +28,7 @@ def fit(
     X,
     y,
     k: int,
-    method: str = "lse",
+    method: str | None = None,
     init="default",
     n_starts: int | None = None,
     rng=None,
@@ -39,8 +39,8 @@ def fit(
 ) -> FitResult:
     """Fit a k-atom mixing measure to (X, y) by a global search over starts (`moe_sim.fit.estimators`).
 
-    method: "lse" (least squares, regression MoE) or "em" (maximum likelihood, Gaussian MoE), or give
-    `estimator` (a `LeastSquares` or `EM`); options are that estimator's settings (e.g. tol, bounds,
+    method: "lse" (least squares, regression MoE; the default) or "em" (maximum likelihood, Gaussian MoE),
+    or give `estimator` (a `LeastSquares` or `EM`); options are that estimator's settings (e.g. tol, bounds,
     search={"hits": 3}), validated before anything runs.
     init: "default" (`DEFAULT_PLAN[method]` per round: k-means, random, split and merge starts, plus
     near_truth when G_true is given), a strategy name of `INITS`, a list of them, or a dict {name: count};
@@ -51,8 +51,8 @@ def fit(
     """
     t0 = time.perf_counter()
     if estimator is None:
-        estimator = make_estimator(method, options)
-    elif options or method != estimator.method and method != "lse":
+        estimator = make_estimator("lse" if method is None else method, options)
+    elif options or method not in (None, estimator.method):
         raise ValueError(f"give either estimator={estimator!r} or method and options, not both "
                          f"(got method={method!r}, options={sorted(options)})")
     X, y = check_inputs(spec, X, y)
