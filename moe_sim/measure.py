@@ -30,19 +30,11 @@ class MoESpec:
     expert_family: ExpertFamily = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        if isinstance(self.gate, Gate):
-            gate = self.gate
-        else:
-            _check_choice("gate", self.gate, tuple(GATES))
-            gate = GATES[self.gate]
+        gate = _resolve("gate", self.gate, Gate, GATES)
         object.__setattr__(self, "gate_family", gate)
         _check_choice("score", self.score, SCORES)
         _check_choice("likelihood", self.likelihood, LIKELIHOODS)
-        if isinstance(self.expert, ExpertFamily):
-            family = self.expert
-        else:
-            _check_choice("expert", self.expert, tuple(EXPERTS))
-            family = EXPERTS[self.expert]
+        family = _resolve("expert", self.expert, ExpertFamily, EXPERTS)
         object.__setattr__(self, "expert_family", family)
         if isinstance(self.d, bool) or not isinstance(self.d, (int, np.integer)) or self.d < 1:
             raise ValueError(f"d must be a positive integer, got {self.d!r}")
@@ -101,6 +93,14 @@ class MoESpec:
         if self.likelihood == "gaussian" and G.var is None:
             raise ValueError(f"{name}.var is required for likelihood='gaussian'")
         return G
+
+
+def _resolve(name: str, value, kind: type, registry: dict):
+    """A family given as an object of `kind`, or by a name registered in `registry`."""
+    if isinstance(value, kind):
+        return value
+    _check_choice(name, value, tuple(registry))
+    return registry[value]
 
 
 def _check_choice(name: str, value, allowed: tuple) -> None:
