@@ -245,7 +245,7 @@ def _unbounded_blocks(series: Series) -> list[str]:
     if bounds is None:
         return ["bias", "gate", "expert"]
     if not isinstance(bounds, dict):
-        return []  # a number or (low, high) arrays bound every parameter; lse_fit checks their values
+        return []  # a number or (low, high) arrays bound every parameter; LeastSquares checks their values
     ends = {"bias": 0, "gate": slice(None), "expert": slice(None)}  # the bias needs a lower bound only
     return [block for block, which in ends.items()
             if not np.all(np.isfinite(np.asarray(bounds.get(block, (-np.inf, np.inf)), float)[which]))]

@@ -1,4 +1,4 @@
-"""Shared fixtures: the truths of THEORY.md and a CUDA check for `gpu` tests."""
+"""Shared fixtures: the truths of THEORY.md."""
 
 import numpy as np
 import pytest
@@ -26,20 +26,6 @@ def sigmoid_tanh():
     spec = ms.MoESpec(gate="sigmoid", score="linear", expert="tanh", d=1)
     G = ms.MixingMeasure(bias=[0.5, -0.5], gate=[[3.0], [-2.0]], expert=[[0.2, 2.0], [-0.5, -1.5]])
     return spec, G
-
-
-def pytest_collection_modifyitems(config, items):
-    try:
-        import torch
-
-        has_cuda = torch.cuda.is_available()
-    except ImportError:
-        has_cuda = False
-    if not has_cuda:
-        skip = pytest.mark.skip(reason="needs a CUDA device")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
 
 
 def random_measure(spec: ms.MoESpec, k: int, rng) -> ms.MixingMeasure:

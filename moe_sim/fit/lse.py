@@ -300,7 +300,7 @@ def trf_fit(
     """Least squares by trust-region reflective Gauss-Newton (scipy least_squares) from each start.
 
     For noise-free designs: tolerances are relative (1e-15), so a fit whose residuals tend to zero is resolved
-    to machine precision, and bounds (as in `lse_fit`) are honoured exactly. objective is the RSS.
+    to machine precision, and bounds (as in `LeastSquares`) are honoured exactly. objective is the RSS.
     """
     t0 = time.perf_counter()
     X, y = check_inputs(spec, X, y)
