@@ -92,6 +92,9 @@ class MoESpec:
             )
         if self.likelihood == "gaussian" and G.var is None:
             raise ValueError(f"{name}.var is required for likelihood='gaussian'")
+        if self.likelihood == "regression" and G.var is not None:
+            raise ValueError(f"{name}.var = {G.var.tolist()} is not allowed for likelihood='regression': its noise "
+                             f"is noise_sd; leave var out")
         return G
 
 

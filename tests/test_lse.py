@@ -147,6 +147,7 @@ def test_non_finite_fit_returns_unconverged_result():
         ({"max_iter": 0}, r"LeastSquares.max_iter = 0 is not allowed"),
         ({"search": {"hit": 3}}, r"search option\(s\) \['hit'\] not allowed"),
         ({"search": {"hits": 0}}, r"Search.hits = 0 is not allowed"),
+        ({"k": 13}, r"n = 50 samples is not allowed for k = 13: a fit needs more samples than its 52 parameters"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):

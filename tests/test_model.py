@@ -186,6 +186,8 @@ def test_quadratic_feature_order():
         ({"expert": "polynomial", "d": 2}, "d must be 1"),
         ({"gate": "sigmoid", "likelihood": "gaussian"}, "not allowed with gate='sigmoid'"),
         ({"temperature": 0.0}, "temperature"),
+        ({"temperature": "1"}, "temperature must be a positive finite number, got '1'"),
+        ({"d": True}, "d must be a positive integer, got True"),
     ],
 )
 def test_bad_spec_names_the_field(kwargs, match):
@@ -261,3 +263,10 @@ def test_fast_sigmoid_matches_expit():
     z = np.linspace(-60, 60, 100001)
     np.testing.assert_allclose(sigmoid(z), expit(z), rtol=0, atol=4.5e-16)  # two ulps of 1
     np.testing.assert_allclose(sigmoid(0.3), expit(0.3), rtol=1e-15)
+
+
+def test_a_regression_measure_takes_no_variances():
+    spec = ms.MoESpec(gate="sigmoid", expert="tanh")
+    G = ms.MixingMeasure([0.5, -0.5], [[3.0], [-2.0]], [[0.2, 2.0], [-0.5, -1.5]], var=[0.1, 0.1])
+    with pytest.raises(ValueError, match=r"G.var = \[0.1, 0.1\] is not allowed for likelihood='regression'"):
+        ms.sample(spec, G, 50, rng=0)

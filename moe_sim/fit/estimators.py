@@ -156,6 +156,10 @@ class Estimator:
             spec.check_measure(G_true, "G_true")
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k = {k!r} is not allowed: expected a positive integer")
+        n_params = k * (1 + spec.q + spec.p + (spec.likelihood == "gaussian"))
+        if len(y) <= n_params:
+            raise ValueError(f"n = {len(y)} samples is not allowed for k = {k}: a fit needs more samples than its "
+                             f"{n_params} parameters")
         unknown = set(init_options or {}) - {"scale", "power"}
         if unknown:
             raise ValueError(f"init_options has unknown keys {sorted(unknown)}; allowed: 'scale', 'power'")
