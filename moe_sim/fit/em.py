@@ -310,7 +310,7 @@ def _run(spec: MoESpec, design: _Design, G0: MixingMeasure, tol, max_iter, var_f
     if best is None:
         return _Path(G, -np.inf, np.asarray(trace), 0, 0, np.nan, False, "failed", reason)
     G, ll, it, statistic, gate_theta, expert, var = best
-    if stop == "gradient" or not polish or stop == "failed" and not trace:
+    if stop == "gradient" or not polish:
         return _Path(G, ll, np.asarray(trace), it, 0, statistic, stop == "gradient", stop, reason)
     return _polish(spec, design, G, ll, gate_theta, expert, var, np.asarray(trace), it, tol, max_iter, var_floor)
 
