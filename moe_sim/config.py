@@ -261,12 +261,12 @@ def _estimator(table: dict, where: str) -> tuple[str, str | list, int | None, di
         if isinstance(init, dict):
             raise _fail(f"{where}.n_starts", n_starts, "leave it unset when init is a table of counts")
     try:
-        start_plan(init, n_starts, None, method)
+        plan = start_plan(init, n_starts, None, method)
     except ValueError as exc:
         raise ValueError(f"config key {where + '.init'!r}: {exc}") from None
     options = table.get("options", {})
     _check_estimator(method, options, f"{where}.options")
-    if init == "near_truth" or init == ["near_truth"] or isinstance(init, dict) and set(init) == {"near_truth"}:
+    if set(plan) == {"near_truth"}:
         raise _fail(f"{where}.init", init, "near-truth starts bias the rates (THEORY.md s4, s7): add truth-free "
                     "kinds (kmeans, random, split, merge) or keep 'default'")
     return method, init, n_starts, dict(options), backend

@@ -7,7 +7,6 @@ import time
 import numpy as np
 
 from ..measure import MixingMeasure, MoESpec
-from ..model import check_inputs
 from .estimators import EM, ESTIMATORS, Estimator, LeastSquares, Search, make_estimator
 from .gbar import ClosestMeasure, closest_measure
 from .init import DEFAULT_PLAN, INITS, TRUTH_FREE, initial_measures
@@ -55,7 +54,6 @@ def fit(
     elif options or method not in (None, estimator.method):
         raise ValueError(f"give either estimator={estimator!r} or method and options, not both "
                          f"(got method={method!r}, options={sorted(options)})")
-    X, y = check_inputs(spec, X, y)
     result = estimator.fit(spec, X, y, k, init, n_starts, np.random.default_rng(rng), G_true, init_options)
     result.runtime_s = time.perf_counter() - t0
     return result

@@ -19,7 +19,7 @@ carry variances (the residual variance of the start's regression function, or th
   fit so far: its two closest atoms merged, another atom split along its expert.
 
 `split` and `merge` start from fits, so `initial_measures` leaves them to the global search
-(`moe_sim.fit.search`), which draws them through `split_starts` and `merge_starts`.
+(`moe_sim.fit.estimators.Estimator.fit`), which draws them through `split_starts` and `merge_starts`.
 """
 
 from __future__ import annotations
@@ -223,19 +223,19 @@ def split_starts(spec: MoESpec, G_fewer: MixingMeasure, rng, count: int | None =
     """Measures with one more atom than G_fewer: each atom in turn split along its gate, its expert and its
     weight (two copies with shares 0.7 / 0.3), in a random order; the first `count` (all when None)."""
     rng = np.random.default_rng(rng)
+    gate = spec.gate_family
     out = []
     for i in range(G_fewer.k):
         c, beta, eta = G_fewer.bias[i], G_fewer.gate[i], G_fewer.expert[i]
+        half = gate.scaled_bias(c, 0.5)
         for direction in SPLIT_DIRECTIONS:
             db = _direction(beta.shape, rng, _SPLIT_STEP * (1 + np.linalg.norm(beta)))
             de = _direction(eta.shape, rng, _SPLIT_STEP * (1 + np.linalg.norm(eta)))
-            half = spec.gate_family.scaled_bias(c, 0.5)
             if direction == "gate":
                 first, second = (half, beta + db, eta), (half, beta - db, eta)
             elif direction == "expert":
                 first, second = (half, beta, eta + de), (half, beta, eta - de)
             else:
-                gate = spec.gate_family
                 first = (gate.scaled_bias(c, 0.7), beta, eta + 0.1 * de)
                 second = (gate.scaled_bias(c, 0.3), beta, eta - 0.1 * de)
             out.append(_with_atom(G_fewer, i, first, second))

@@ -199,9 +199,10 @@ def gauss_newton_decrement(obj: RSSObjective, theta: np.ndarray, lim) -> float:
     return float(fitted @ fitted) / max(float(r @ r) / len(r), 1e-300)
 
 
-def _certify(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: int, why: str) -> LocalFit:
-    """The fit at theta, certified by the gradient test or else by the Gauss-Newton decrement."""
-    value, statistic = _statistic(obj, theta, lim)
+def _certify(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: int, why: str,
+             value: float, statistic: float) -> LocalFit:
+    """The fit at theta (F = value, gradient statistic as `_statistic` gives them), certified by the gradient
+    test or else by the Gauss-Newton decrement."""
     if not np.isfinite(value):
         return LocalFit(theta, np.nan, np.nan, nit, "", "non-finite objective (NaN or overflow)")
     if statistic <= tol:
@@ -231,16 +232,17 @@ def minimise(obj: RSSObjective, theta0: np.ndarray, lim, tol: float, max_iter: i
         theta, nit = res.x, nit + int(res.nit)
         value, statistic = _statistic(obj, theta, lim)
         if not np.isfinite(value) or statistic <= tol:
-            return _certify(obj, theta, lim, tol, nit, "")
+            return _certify(obj, theta, lim, tol, nit, "", value, statistic)
         if nit >= max_iter:
-            return _certify(obj, theta, lim, tol, nit, "iteration cap")
+            return _certify(obj, theta, lim, tol, nit, "iteration cap", value, statistic)
         if res.status != 0 or "REDUCTION" in str(res.message):  # the line search is at machine precision
-            return _gauss_newton(obj, theta, lim, tol, nit)
+            return _gauss_newton(obj, theta, lim, tol, nit, value, statistic)
         ref = value
-    return _certify(obj, theta, lim, tol, nit, f"{_RESTARTS} L-BFGS-B restarts")
+    return _certify(obj, theta, lim, tol, nit, f"{_RESTARTS} L-BFGS-B restarts", value, statistic)
 
 
-def _gauss_newton(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: int) -> LocalFit:
+def _gauss_newton(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: int, value: float,
+                  statistic: float) -> LocalFit:
     """The second-order polish of a fit where L-BFGS-B reached machine precision before the gradient test:
     Levenberg-Marquardt (trust-region reflective Gauss-Newton within bounds; scipy least_squares) on the
     residuals, kept only where it lowers F."""
@@ -259,8 +261,10 @@ def _gauss_newton(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: in
     sol = least_squares(lambda t: evaluate(t)[0], start, jac=lambda t: evaluate(t)[1],
                         method="lm" if lim is None else "trf", bounds=bounds, x_scale="jac", ftol=1e-15, xtol=1e-15,
                         gtol=1e-15, max_nfev=200)
-    better = obj(sol.x)[0] < obj(theta)[0]
-    return _certify(obj, sol.x if better else theta, lim, tol, nit + int(sol.nfev), "after a Gauss-Newton polish")
+    polished = _statistic(obj, sol.x, lim)
+    if polished[0] < value:
+        theta, (value, statistic) = sol.x, polished
+    return _certify(obj, theta, lim, tol, nit + int(sol.nfev), "after a Gauss-Newton polish", value, statistic)
 
 
 def solve(spec: MoESpec, X, y, k: int, starts: list[tuple[str, MixingMeasure]], *, bounds, tol: float,
