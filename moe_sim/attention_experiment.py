@@ -141,15 +141,15 @@ class AttentionExperiment:
 
     def run_task(self, task: Task, entropy: int, fit_fn=None, reference=None) -> pd.DataFrame:
         """The rows of one task (`moe_sim.sweep.run_task`'s signature; fit_fn and reference are not used)."""
-        series = self.series[task.series_index]
+        series, n = self.series[task.series_index], self.n_grid[task.n_index]
+        one = _doubling_rows if self.mode == "doubling" else _fit_rows
         rows = []
         for rep in range(task.start, task.stop):
             data_seed = replicate_seeds(entropy, series, task.series_index, task.n_index, rep)[0]
-            one = _doubling_rows if self.mode == "doubling" else _fit_rows
             common = {"experiment": self.name, "series_index": task.series_index, "series": series.name,
-                      "label": series.label, "k": series.k, "n_index": task.n_index, "n": self.n_grid[task.n_index],
-                      "replicate": rep, "true_atom": -1, "cell_size": -1, "pattern": ""}
-            rows += [{**common, **row} for row in one(self, series, self.n_grid[task.n_index], rep, data_seed)]
+                      "label": series.label, "k": series.k, "n_index": task.n_index, "n": n, "replicate": rep,
+                      "true_atom": -1, "cell_size": -1, "pattern": ""}
+            rows += [{**common, **row} for row in one(self, series, n, rep, data_seed)]
         return pd.DataFrame(rows, columns=list(COLUMNS)).astype(COLUMNS)
 
 

@@ -9,6 +9,9 @@ Series that generate data the same way (same truth, same data model) share their
 are seeded by the same data index. `data = "label"` forces series with different representations of one
 regression function (e.g. a softmax truth and its sigmoid rewriting) onto the same data; the config checks
 that their regression functions agree.
+
+A config with `kind = "attention"` describes an attention experiment instead (`moe_sim.attention_experiment`);
+`parse_config` hands it over, and the sweep, store, rate table and figures run it like any other.
 """
 
 from __future__ import annotations

@@ -134,7 +134,8 @@ def plot_overlay(rows: pd.DataFrame, exp, out_dir, stat: str | None = None,
                  rates: pd.DataFrame | None = None) -> list[Path]:
     """The papers' shape: one log-log panel per quantity (the config allows four), every series on the same axes
     with its statistic per n, a 95% bootstrap band and its fitted slope and interval in the legend. A per-head
-    quantity shows the first head, pooled over cell sizes; series with more student heads are dashed."""
+    quantity shows the first head, pooled over cell sizes; series with more student heads are dashed, in the
+    colours of the series of fewer heads listed in the same order."""
     stat = stat or exp.stat
     quantities = [q for q in exp.quantities if q in set(rows.quantity)]
     if not quantities:
@@ -165,7 +166,8 @@ def plot_overlay(rows: pd.DataFrame, exp, out_dir, stat: str | None = None,
                 label += f": slope {r.slope:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
                 if r.get("certified_share", 1.0) < 1:
                     label += f", {1 - r.certified_share:.0%} uncertified"
-            color = colors[s_i % len(colors)]
+            same_heads = [i for i, s in enumerate(exp.series) if s.k == exp.series[s_i].k]
+            color = colors[same_heads.index(s_i) % len(colors)]  # the i-th series of each head count alike
             style = "-" if heads.index(exp.series[s_i].k) == 0 else "--"
             ax.fill_between(part.n, part.ci_low.clip(lower=part.center.min() * 1e-3), part.ci_high, color=color,
                             alpha=0.15, lw=0)
