@@ -256,6 +256,14 @@ def _gate_table(table, where: str, lengths: tuple[int, ...], d: int, row: int, t
     return out
 
 
+def _table(parent: dict, key: str, where: str) -> dict:
+    """parent[key], a table (empty when absent), refused by name when it is something else."""
+    value = parent.get(key, {})
+    if not isinstance(value, dict):
+        raise _fail(where, value, "expected a table")
+    return value
+
+
 def _check_quantity(mode: str):
     allowed = DOUBLING_QUANTITIES if mode == "doubling" else FIT_QUANTITIES
 
@@ -341,11 +349,11 @@ def parse_attention_config(raw: dict, quick: bool = False) -> AttentionExperimen
         if not isinstance(label, str) or "/" in label or label in labels:
             raise _fail(f"{where}.label", label, "expected a unique string without '/'")
         labels.add(label)
-        teacher = _gate_table(_merge(cfg.get("teacher", {}), table.get("teacher", {})), f"{where}.teacher",
-                              lengths, d, row, teacher=True)
+        teacher = _gate_table(_merge(_table(cfg, "teacher", "teacher"), _table(table, "teacher", f"{where}.teacher")),
+                              f"{where}.teacher", lengths, d, row, teacher=True)
         student = None
         if mode == "fit":
-            given = _merge(cfg.get("student", {}), table.get("student", {}))
+            given = _merge(_table(cfg, "student", "student"), _table(table, "student", f"{where}.student"))
             inherited = {key: teacher[key] for key in ("gate", "top_k", "width") if key in teacher}
             student = _gate_table(given if "gate" in given else {**inherited, **given}, f"{where}.student",
                                   lengths, d, row, teacher=False)

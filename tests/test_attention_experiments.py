@@ -122,14 +122,18 @@ def test_doubling_leaves_softmax_rows_unchanged_doubles_sigmoid_row_sums_and_bou
 
 
 def test_doubling_rows_at_initialisation_follow_the_length(tmp_path):
-    """Random heads: a sigmoid row with b = 0 sums to about N/2 (scores symmetric about 0); with b = -log N to
-    about E exp(score) whatever N. Tolerances: the row sum's replicate median over 2 x 200 sequences."""
-    cfg = with_(DOUBLING, lengths=[4, 32], sequences=200, series=[
+    """Random heads. b = 0: the N - 1 scores x_i^T W x_j, j != i, are symmetric about 0, so the row sum's mean
+    is N/2 within 1/2 (the row's own token); a sequence's sum has sd <= N/2 (correlated terms in (0, 1)),
+    so the mean over m sequences is within 4 N / (2 sqrt(m)) more. b = -log N: the sum stays of order 1 while
+    N grows eightfold (a coarse check; the quick run measures 0.95 to 1.72)."""
+    m = 200
+    cfg = with_(DOUBLING, lengths=[4, 32], sequences=m, series=[
         {"label": "b0", "teacher": {"gate": "sigmoid"}}, {"label": "logn", "teacher": {"gate": "sigmoid_logn"}}])
     rows = store.load_results(run_sweep(parse_config(cfg), tmp_path / "res", progress=False))
     sums = rows[rows.quantity == "row_sum:init"].groupby(["label", "n"]).value.median()
-    assert abs(sums["b0", 4] - 2) < 0.3 and abs(sums["b0", 32] - 16) < 1.5
-    assert 0.5 < sums["logn", 4] < 2 and 0.5 < sums["logn", 32] < 3
+    for N in (4, 32):
+        assert abs(sums["b0", N] - N / 2) <= 0.5 + 4 * N / (2 * np.sqrt(m))
+        assert 0.25 < sums["logn", N] < 4
     assert set(rows.quantity) == set(ae.DOUBLING_QUANTITIES) and (rows.status == "ok").all()
 
 
@@ -155,6 +159,7 @@ def test_doubling_rows_at_initialisation_follow_the_length(tmp_path):
                                               r"stores regression_l2"),
     (dict(analysis={"quantities": ["regression_l2"] * 5}), r"at most 4 \(one panel each"),
     (dict(search={"rounds": 2}), r"unknown config key\(s\) \['rounds'\] in search"),
+    (dict(series=[{"teacher": "softmax"}]), r"'series\[0\].teacher' = 'softmax' is not allowed: expected a table"),
     (dict(kind="attn"), r"'kind' = 'attn' is not allowed: choose 'moe' \(the default\) or 'attention'"),
 ])
 def test_bad_attention_configs_are_refused_at_load_naming_the_field(change, message):
