@@ -179,7 +179,10 @@ def plot_overlay(rows: pd.DataFrame, exp, out_dir, stat: str | None = None,
         ax.set_xlabel(getattr(exp, "grid_name", "n"), fontsize=8)
         ax.set_ylabel(f"{stat} (95% CI band)", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=5, loc="best")
+        if ax.lines:
+            ax.legend(fontsize=5, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no positive values", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(f"{exp.name}: {exp.description}", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
     return _save(fig, out_dir, exp.name)
