@@ -71,6 +71,15 @@ def _check_gate_fits(gate: Gate, N: int) -> Gate:
     return gate
 
 
+def nonzero_budget(spec: "AttentionSpec") -> int:
+    """How many tokens of a row can get a nonzero gate: K for top-K, the band's 2w + 1 (fewer at the sequence's
+    ends), N otherwise; the budget the focus experiment holds equal across students."""
+    gate, budget = spec.gate, spec.N
+    if isinstance(gate, FixedMask):
+        gate, budget = gate.base, len(gate.allowed)
+    return min(budget, gate.top_k) if isinstance(gate, TopKSoftmax) else budget
+
+
 def _as_array(name: str, value, ndim: int) -> Array:
     arr = np.array(value, dtype=float)
     if arr.ndim != ndim:
@@ -474,6 +483,7 @@ def fit_replicate(teacher_spec: AttentionSpec, teacher: AttentionParams, student
         "truth_mse": fit.truth_objective / n, "worse_than_truth": fit.worse_than_truth, "grad_norm": fit.grad_norm,
         "converged": fit.converged, "certified": fit.certified, "stop": fit.stop, "local_fits": fit.search.n_starts,
         "hits": fit.search.n_hits, "optima": fit.search.n_optima, "p_miss": fit.search.p_miss,
+        "search_gap": fit.search.gap, "n_iter": fit.n_iter,
         "function_error": np.nan if fit.measure is None else function_error(
             student_spec, fit.measure, teacher_spec, teacher, test),
         "runtime_s": fit.runtime_s,

@@ -51,8 +51,8 @@ def _run_one(exp, out: Path, args) -> Path:
     run_sweep(exp, out, n_jobs=args.n_jobs, scheduler=getattr(args, "scheduler", None),
               progress=not args.no_progress)
     rows = store.load_results(out)
-    failed = rows[rows.quantity == "loss"].status.eq("failed").sum()
-    print(f"{exp.name}: {rows.groupby(['series', 'n', 'replicate']).ngroups} fits ({failed} failed) in "
+    fits = rows.groupby(["series", "n", "replicate"]).status.first()
+    print(f"{exp.name}: {len(fits)} fits ({fits.eq('failed').sum()} failed) in "
           f"{time.perf_counter() - tic:.1f} s -> {out}")
     return out
 

@@ -9,6 +9,9 @@ Series that generate data the same way (same truth, same data model) share their
 are seeded by the same data index. `data = "label"` forces series with different representations of one
 regression function (e.g. a softmax truth and its sigmoid rewriting) onto the same data; the config checks
 that their regression functions agree.
+
+A config with `kind = "attention"` describes an attention experiment instead (`moe_sim.attention_experiment`);
+`parse_config` hands it over, and the sweep, store, rate table and figures run it like any other.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from .fit.init import start_plan
 from .measure import MixingMeasure, MoESpec
 from .model import regression_function
 from .sample import DESIGNS, design_box
+from .theory import predicted_rates
 from .voronoi import LOSS_KINDS
 
 LARGE_N = 10**6
 TOP_KEYS = {
+    "kind": "what the experiment runs: 'moe' (default) or 'attention' (moe_sim.attention_experiment)",
     "name": "experiment name (string)",
     "description": "one line saying what the experiment shows",
     "paper": "the paper it reproduces (string)",
@@ -124,6 +129,10 @@ class Series:
         """Unique id inside an experiment: label and k."""
         return f"{self.label}/k={self.k}"
 
+    def predicted_rates(self):
+        """The theory's predictions for this series (`moe_sim.theory.predicted_rates`), read by the rate table."""
+        return predicted_rates(self.spec, self.truth, self.k)
+
 
 @dataclass(frozen=True)
 class Experiment:
@@ -151,11 +160,15 @@ class Experiment:
     raw: dict = field(repr=False)
 
     def fingerprint(self) -> str:
-        """A hash of what the rows depend on: results of different sweeps must not mix in one directory.
+        return config_fingerprint(self.raw)
 
-        The analysis settings, description and paper are left out: changing them does not invalidate results."""
-        sweep = {key: value for key, value in self.raw.items() if key not in NOT_FINGERPRINTED}
-        return hashlib.sha256(json.dumps(sweep, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+def config_fingerprint(raw: dict) -> str:
+    """A hash of what the rows depend on: results of different sweeps must not mix in one directory.
+
+    The analysis settings, description and paper are left out: changing them does not invalidate results."""
+    sweep = {key: value for key, value in raw.items() if key not in NOT_FINGERPRINTED}
+    return hashlib.sha256(json.dumps(sweep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _n_grid(value, allow_large: bool) -> tuple[int, ...]:
@@ -289,11 +302,18 @@ def _data_key(spec: MoESpec, truth: MixingMeasure) -> str:
 
 
 def parse_config(raw: dict, quick: bool = False) -> Experiment:
-    """Validate a config dict (as read from TOML) and build the `Experiment`; `quick` applies [quick]."""
+    """Validate a config dict (as read from TOML) and build the `Experiment`; `quick` applies [quick].
+    A config with kind = "attention" is an `moe_sim.attention_experiment.AttentionExperiment`."""
+    kind = raw.get("kind", "moe") if isinstance(raw, dict) else "moe"
+    if kind == "attention":
+        from .attention_experiment import parse_attention_config
+        return parse_attention_config(raw, quick)
+    if kind != "moe":
+        raise _fail("kind", kind, "choose 'moe' (the default) or 'attention'")
     _check_keys(raw, TOP_KEYS, "the top level")
     cfg = copy.deepcopy(raw)
     over = cfg.pop("quick", {})
-    _check_keys(over, set(TOP_KEYS) - {"quick", "name", "series"}, "quick")
+    _check_keys(over, set(TOP_KEYS) - {"quick", "name", "series", "kind"}, "quick")
     if quick:
         cfg = _merge(cfg, over)
     name = cfg.get("name")
@@ -316,24 +336,7 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
     allow_large = cfg.get("allow_large_n", False)
     if not isinstance(allow_large, bool):
         raise _fail("allow_large_n", allow_large, "expected true or false")
-    analysis = cfg.get("analysis", {})
-    _check_keys(analysis, ANALYSIS_KEYS, "analysis")
-    quantities = analysis.get("quantities", list(DEFAULT_QUANTITIES))
-    if not isinstance(quantities, list) or not quantities:
-        raise _fail("analysis.quantities", quantities, "expected a non-empty list of quantity names")
-    for quantity in quantities:
-        _check_quantity("analysis.quantities", quantity)
-    target = analysis.get("target_error")
-    if target is not None and not (checks.is_number(target) and target > 0):
-        raise _fail("analysis.target_error", target, "expected a positive number")
-    target_quantity = analysis.get("target_quantity", quantities[0])
-    _check_quantity("analysis.target_quantity", target_quantity)
-    target_atom = analysis.get("target_atom", -1)
-    if isinstance(target_atom, bool) or not isinstance(target_atom, int) or target_atom < -1:
-        raise _fail("analysis.target_atom", target_atom, "expected a true atom index (or -1 for none)")
-    stat = analysis.get("stat", "median")
-    if stat not in ("median", "mean"):
-        raise _fail("analysis.stat", stat, "choose 'median' or 'mean'")
+    analysis = parse_analysis(cfg.get("analysis", {}), DEFAULT_QUANTITIES, _check_quantity)
 
     series_tables = cfg.get("series", [{}])
     if not isinstance(series_tables, list) or not series_tables:
@@ -403,14 +406,34 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
         seed=seed,
         eval_n=eval_n,
         reference=reference,
-        quantities=tuple(quantities),
-        target_error=None if target is None else float(target),
-        target_quantity=target_quantity,
-        target_atom=target_atom,
-        stat=stat,
+        **analysis,
         quick=quick,
         raw=cfg,
     )
+
+
+def parse_analysis(analysis, default_quantities, check_quantity) -> dict:
+    """The [analysis] table as the experiment's quantities, target_error, target_quantity, target_atom and stat;
+    `check_quantity(key, name)` refuses a quantity the experiment does not store."""
+    _check_keys(analysis, ANALYSIS_KEYS, "analysis")
+    quantities = analysis.get("quantities", list(default_quantities))
+    if not isinstance(quantities, list) or not quantities:
+        raise _fail("analysis.quantities", quantities, "expected a non-empty list of quantity names")
+    for quantity in quantities:
+        check_quantity("analysis.quantities", quantity)
+    target = analysis.get("target_error")
+    if target is not None and not (checks.is_number(target) and target > 0):
+        raise _fail("analysis.target_error", target, "expected a positive number")
+    target_quantity = analysis.get("target_quantity", quantities[0])
+    check_quantity("analysis.target_quantity", target_quantity)
+    target_atom = analysis.get("target_atom", -1)
+    if isinstance(target_atom, bool) or not isinstance(target_atom, int) or target_atom < -1:
+        raise _fail("analysis.target_atom", target_atom, "expected a true atom index (or -1 for none)")
+    stat = analysis.get("stat", "median")
+    if stat not in ("median", "mean"):
+        raise _fail("analysis.stat", stat, "choose 'median' or 'mean'")
+    return {"quantities": tuple(quantities), "target_error": None if target is None else float(target),
+            "target_quantity": target_quantity, "target_atom": target_atom, "stat": stat}
 
 
 def _check_same_function(first, other, bounds, key: str, label: str) -> None:

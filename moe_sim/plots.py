@@ -1,7 +1,8 @@
 """Figures and rate tables of a finished sweep (matplotlib's object API: no pyplot state, any backend).
 
 `report(results_dir, out_dir)` is the whole analysis of one results directory: rate table (CSV and
-Markdown), a log-log figure (PNG and PDF) with one row of panels per series and one column per quantity,
+Markdown), a log-log figure (PNG and PDF) with one row of panels per series and one column per quantity
+(attention experiments: one panel per quantity, the series overlaid, `plot_overlay`),
 and, when the config sets `analysis.target_error`, a sample-complexity figure.
 """
 
@@ -16,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from . import store
+from .attention_experiment import AttentionExperiment
 from .config import Experiment, parse_config
 from .rates import rate_table, sample_complexity, summarize
 
@@ -23,6 +25,9 @@ TABLE_COLUMNS = ["series", "quantity", "true_atom", "cell_size", "replicates", "
                  "slope_lognn", "slope_upper", "slope_upper_ci_low", "slope_upper_ci_high", "trimmed_slope",
                  "runaway_share", "failed_share", "not_converged_share", "certified_share", "predicted_rate", "tag",
                  "verdict", "verdict_upper"]
+
+SUMMARY_COLUMNS = ["series", "quantity", "true_atom", "cell_size", "n", "center", "ci_low", "ci_high", "replicates",
+                   "failed"]
 
 
 def experiment_of(results_dir) -> Experiment:
@@ -125,6 +130,64 @@ def plot_experiment(rows: pd.DataFrame, exp: Experiment, out_dir, quantities=Non
     return _save(fig, out_dir, exp.name)
 
 
+def plot_overlay(rows: pd.DataFrame, exp, out_dir, stat: str | None = None,
+                 rates: pd.DataFrame | None = None) -> list[Path]:
+    """The papers' shape: one log-log panel per quantity (the config allows four), every series on the same axes
+    with its statistic per n, a 95% bootstrap band and its fitted slope and interval in the legend. A per-head
+    quantity shows the first head, pooled over cell sizes; series with more student heads are dashed, in the
+    colours of the series of fewer heads listed in the same order."""
+    stat = stat or exp.stat
+    quantities = [q for q in exp.quantities if q in set(rows.quantity)]
+    if not quantities:
+        raise ValueError(f"none of the quantities {list(exp.quantities)} is in the results")
+    rows = rows[rows.quantity.isin(quantities)]
+    summary = summarize(rows, stat)
+    rates = rate_table(rows, exp, stat=stat) if rates is None else rates
+    heads = sorted({s.k for s in exp.series})
+    fig = Figure(figsize=(4.2 * len(quantities), 3.8))
+    axes = fig.subplots(1, len(quantities), squeeze=False)[0]
+    colors = matplotlib.colormaps["tab10"].colors
+    for ax, quantity in zip(axes, quantities):
+        for s_i in sorted(rows.series_index.unique()):
+            part = summary[(summary.series_index == s_i) & (summary.quantity == quantity)]
+            if part.empty:
+                continue
+            part = part[part.true_atom == part.true_atom.min()]
+            part = part[part.cell_size == (-1 if (part.cell_size == -1).any() else part.cell_size.iloc[0])]
+            part = part[part.center > 0].sort_values("n")
+            if part.empty:
+                continue
+            key = part.iloc[0]
+            rate = rates[(rates.series_index == s_i) & (rates.quantity == quantity)
+                         & (rates.true_atom == key.true_atom) & (rates.cell_size == key.cell_size)]
+            label = exp.series[s_i].name
+            if not rate.empty and np.isfinite(rate.iloc[0].slope):
+                r = rate.iloc[0]
+                label += f": slope {r.slope:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+                if r.get("certified_share", 1.0) < 1:
+                    label += f", {1 - r.certified_share:.0%} uncertified"
+            same_heads = [i for i, s in enumerate(exp.series) if s.k == exp.series[s_i].k]
+            color = colors[same_heads.index(s_i) % len(colors)]  # the i-th series of each head count alike
+            style = "-" if heads.index(exp.series[s_i].k) == 0 else "--"
+            ax.fill_between(part.n, part.ci_low.clip(lower=part.center.min() * 1e-3), part.ci_high, color=color,
+                            alpha=0.15, lw=0)
+            ax.plot(part.n, part.center, "o" + style, color=color, ms=3, lw=1, label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(quantity + (" (head 0)" if quantity.startswith("param:") else ""), fontsize=8)
+        ax.set_xlabel(getattr(exp, "grid_name", "n"), fontsize=8)
+        ax.set_ylabel(f"{stat} (95% CI band)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if ax.lines:
+            ax.legend(fontsize=5, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no positive values", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(f"{exp.name}: {exp.description}", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    return _save(fig, out_dir, exp.name)
+
+
 def plot_sample_complexity(table: pd.DataFrame, exp: Experiment, out_dir) -> list[Path]:
     """n needed to reach the target error per series, with bootstrap 95% intervals (log scale)."""
     fig = Figure(figsize=(6, 0.5 + 0.45 * len(table)))
@@ -161,7 +224,12 @@ def report(results_dir, out_dir, stat: str | None = None, exp: Experiment | None
     stat = stat or exp.stat
     rates = rate_table(rows, exp, stat=stat)
     paths = write_table(rates, out_dir, f"{exp.name}_rates")
-    paths += plot_experiment(rows, exp, out_dir, stat=stat, rates=rates)
+    if isinstance(exp, AttentionExperiment):  # variants on the same axes, and the values behind each point
+        paths += plot_overlay(rows, exp, out_dir, stat=stat, rates=rates)
+        summary = summarize(rows[rows.quantity.isin(exp.quantities)], stat)
+        paths += write_table(summary, out_dir, f"{exp.name}_summary", columns=SUMMARY_COLUMNS)
+    else:
+        paths += plot_experiment(rows, exp, out_dir, stat=stat, rates=rates)
     if exp.target_error is not None:
         complexity = sample_complexity(rows, exp.target_error, exp.target_quantity, exp.target_atom, stat)
         paths += write_table(complexity, out_dir, f"{exp.name}_sample_complexity", columns=None)

@@ -31,7 +31,6 @@ import pandas as pd
 from scipy.stats import trim_mean
 
 from .config import Experiment
-from .theory import predicted_rates
 
 KEYS = ["series_index", "series", "label", "k", "quantity", "true_atom", "cell_size"]
 SLOW = ("slow", "1/log^lambda(n)")
@@ -237,7 +236,7 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
         if exp is not None:
             series = exp.series[record["series_index"]]
             if series.name not in tables:
-                tables[series.name] = predicted_rates(series.spec, series.truth, series.k)
+                tables[series.name] = series.predicted_rates()
             pred = _prediction(tables[series.name], record["quantity"], cell_size)
             use_nn = record["quantity"] == "regression_l2"
             pred["verdict"] = verdict(pred["predicted"], pred["predicted_rate"],

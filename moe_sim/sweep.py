@@ -353,6 +353,9 @@ def run_sweep(exp: Experiment, out, n_jobs: int = 1, backend: str = "loky", sche
     single-threaded workers. Finished shards are skipped; `tasks` restricts the run to a subset (by default all).
     `fit_fn` and `closest_fn` replace `moe_sim.fit.fit` / `closest_measure` (test doubles).
 
+    An attention experiment (`moe_sim.attention_experiment`) runs its own task function through the same
+    pool, store, lock and resume.
+
     Order: argument checks and warnings, the folder's lock (a second run into `out` fails here), the check of
     what `out` holds, the reference measures G_bar (once per series, on the workers), then the manifest and
     the fits. SIGTERM stops the workers and exits with status 143.
@@ -363,7 +366,8 @@ def run_sweep(exp: Experiment, out, n_jobs: int = 1, backend: str = "loky", sche
         backend = "dask"
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
         raise ValueError(f"n_jobs must be a positive integer, got {n_jobs!r}")
-    for series in exp.series:
+    moe = isinstance(exp, Experiment)  # else an AttentionExperiment: its own task function, no G_bar
+    for series in exp.series if moe else ():
         blocks = _unbounded_blocks(series)
         if blocks:
             warnings.warn(f"series {series.name}: a sigmoid gate fitted without finite bounds on {blocks}; its fits "
@@ -376,7 +380,7 @@ def run_sweep(exp: Experiment, out, n_jobs: int = 1, backend: str = "loky", sche
         done = store.finished_tasks(out)
         todo = [t for t in (make_tasks(exp) if tasks is None else tasks) if t.id not in done]
         with _pool(backend, n_jobs, scheduler) as run:
-            wanted = sorted({t.series_index for t in todo if needs_reference(exp.series[t.series_index])})
+            wanted = sorted({t.series_index for t in todo if moe and needs_reference(exp.series[t.series_index])})
             references = {}
             if wanted:
                 _say(f"{exp.name}: computing the reference measure G_bar (closest_measure) of "
@@ -390,7 +394,8 @@ def run_sweep(exp: Experiment, out, n_jobs: int = 1, backend: str = "loky", sche
                                      {"experiment": exp.name, "quick": exp.quick,
                                       "series": [s.name for s in exp.series], "n_grid": list(exp.n_grid),
                                       "replicates": exp.replicates})
-            jobs = [(t, run_task, (exp, t, entropy, fit_fn, references.get(t.series_index))) for t in todo]
+            jobs = [(t, run_task, (exp, t, entropy, fit_fn, references.get(t.series_index))) if moe
+                    else (t, exp.run_task, (t, entropy)) for t in todo]
             with _bar(sum(t.stop - t.start for t in todo), exp.name, "fit", progress) as bar:
                 for task, rows in run(jobs):
                     store.write_shard(out, task.id, rows, exp.fingerprint(), entropy)
