@@ -23,7 +23,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .fit.estimators import LeastSquares, Search
-from .fit.lse import minimise, single_threaded_blas
+from .fit.lse import minimise, sigma2_floor, single_threaded_blas
 from .fit.result import FitResult, StartResult
 from .gates import BiasedSigmoid, FixedMask, Gate, NormalisedSigmoid, Sigmoid, Softmax, TopKSoftmax
 from .measure import MixingMeasure, MoESpec
@@ -339,6 +339,7 @@ class RowObjective:
             raise ValueError(f"y must be finite with shape ({self.X.shape[0]},) to match X, got {self.y.shape}")
         self.n = len(self.y)
         self.scale = 1.0 / (self.n * max(float(np.var(self.y)), 1e-12))
+        self.sigma2_floor = sigma2_floor(self.y)
 
     def residuals_and_jacobian(self, theta: Array) -> tuple[Array, Array]:
         params = self.spec.from_vector(theta)
@@ -408,7 +409,7 @@ def fit_student(spec: AttentionSpec, X, y, n_starts: int = 8, search: Search = S
             records.append(StartResult("random", n * end.objective if finite else np.nan, end.n_iter,
                                        end.converged, end.reason, end.grad_norm,
                                        spec.from_vector(end.theta) if finite else None, end.stop))
-        report = estimator.search_report(records, n, round_ + 1)
+        report = estimator.search_report(records, y, round_ + 1)
         if report.met:
             break
     best = estimator.best_start(records)

@@ -143,8 +143,8 @@ class Estimator:
         """The objective of G on the sample (to compare the fit with the truth)."""
         raise NotImplementedError
 
-    def hit_unit(self, best: float, n: int) -> float:
-        """The objective difference that counts as one unit of `Search.hit_tol`."""
+    def hit_unit(self, best: float, y) -> float:
+        """The objective difference that counts as one unit of `Search.hit_tol`, on the sample's responses y."""
         return 1.0
 
     def fit(self, spec: MoESpec, X, y, k: int, init="default", n_starts: int | None = None, rng=None,
@@ -172,7 +172,7 @@ class Estimator:
                 fewer = self._chain(spec, X, y, k - 1, rng)
             starts = self._draw(spec, X, y, k, plan, rng, G_true, init_options, fewer, records, round_)
             records += self.local_fits(spec, X, y, k, starts, rng)
-            report = self.search_report(records, len(y), round_ + 1)
+            report = self.search_report(records, y, round_ + 1)
             if report.met:
                 break
         return self._result(spec, X, y, records, report, G_true)
@@ -185,7 +185,7 @@ class Estimator:
         X, y = check_inputs(spec, X, y)
         starts = check_starts(spec, k, starts)
         records = self.local_fits(spec, X, y, k, starts, np.random.default_rng(rng), **local_options)
-        return self._result(spec, X, y, records, self.search_report(records, len(y), 1), G_true)
+        return self._result(spec, X, y, records, self.search_report(records, y, 1), G_true)
 
     def _chain(self, spec, X, y, k: int, rng) -> MixingMeasure | None:
         """The best k-atom fit of a one-round search whose split starts come from k - 1 atoms, recursively."""
@@ -209,13 +209,13 @@ class Estimator:
         done = [r for r in records if r.measure is not None and np.isfinite(r.objective)]
         return min(done, key=lambda r: self.sense * r.objective) if done else None
 
-    def search_report(self, records, n: int, rounds: int) -> SearchReport:
-        """How sure the search is after `rounds` rounds of these local fits (module docstring)."""
+    def search_report(self, records, y, rounds: int) -> SearchReport:
+        """How sure the search is after `rounds` rounds of these local fits on responses y (module docstring)."""
         done = [r for r in records if r.measure is not None and np.isfinite(r.objective)]
         if not done:
             return SearchReport(0, 0, 0, np.inf, 1.0, False, rounds, self.search.hit_tol)
         values = np.sort([self.sense * r.objective for r in done])
-        values = (values - values[0]) / self.hit_unit(float(self.sense * values[0]), n)
+        values = (values - values[0]) / self.hit_unit(float(self.sense * values[0]), y)
         tol = self.search.hit_tol
         starts_of_optima = [values[0]]
         for v in values[1:]:
@@ -277,8 +277,9 @@ class LeastSquares(Estimator):
     def objective(self, spec, X, y, G):
         return lse.RSSObjective(spec, X, y, G.k).rss(G)
 
-    def hit_unit(self, best, n):
-        return max(best / n, 1e-300)  # sigma^2 estimated by RSS / n
+    def hit_unit(self, best, y):
+        """sigma^2 estimated by RSS / n, at least `lse.sigma2_floor` (two exact fits are one optimum)."""
+        return max(best / len(y), lse.sigma2_floor(y))
 
 
 @dataclass(frozen=True)

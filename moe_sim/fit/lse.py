@@ -65,6 +65,7 @@ class RSSObjective:
         self.scratch = Scratch()
         self.stacked_shape = (2 * k, feats.basis.shape[0])
         self.scale = 1.0 / (self.n * max(float(np.var(y)), 1e-12))
+        self.sigma2_floor = sigma2_floor(y)
 
     def measure(self, theta: np.ndarray) -> MixingMeasure:
         return MixingMeasure.from_vector(theta, self.k, self.spec.q, self.spec.p)
@@ -177,6 +178,13 @@ class LocalFit:
 
 _RESTARTS = 8  # L-BFGS-B runs per local fit (each restart clears its memory and rescales by F_ref)
 DECREMENT_TOL = 1e-3  # Gauss-Newton decrement, in units of sigma^2 = RSS / n
+EXACT_FIT = 1e-20  # sigma^2 below this share of mean(y^2) (residuals 1e-10 of the responses' scale) is an exact fit
+
+
+def sigma2_floor(y: np.ndarray) -> float:
+    """The smallest sigma^2 the certificate and the search tell apart: below it, residuals are rounding and
+    stopping-rule noise of an exact fit (noise-free data), and two exact fits are one optimum."""
+    return max(EXACT_FIT * float(np.mean(np.square(y))), 1e-300)
 
 
 def _statistic(obj: RSSObjective, theta: np.ndarray, lim) -> tuple[float, float]:
@@ -187,7 +195,8 @@ def _statistic(obj: RSSObjective, theta: np.ndarray, lim) -> tuple[float, float]
 
 def gauss_newton_decrement(obj: RSSObjective, theta: np.ndarray, lim) -> float:
     """The RSS a Gauss-Newton step over the free parameters (those not held at a bound) would gain, in units of
-    sigma^2 = RSS / n: the squared norm of the residuals' projection on the Jacobian's columns."""
+    sigma^2 = RSS / n (at least `sigma2_floor`): the squared norm of the residuals' projection on the Jacobian's
+    columns."""
     r, J = obj.residuals_and_jacobian(theta)
     if lim is not None:
         _, grad = obj(theta)
@@ -196,7 +205,7 @@ def gauss_newton_decrement(obj: RSSObjective, theta: np.ndarray, lim) -> float:
         J = J[:, ~held]
     coef = np.linalg.lstsq(J, r, rcond=None)[0]
     fitted = J @ coef
-    return float(fitted @ fitted) / max(float(r @ r) / len(r), 1e-300)
+    return float(fitted @ fitted) / max(float(r @ r) / len(r), obj.sigma2_floor)
 
 
 def _certify(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: int, why: str,
