@@ -237,7 +237,8 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
         if exp is not None:
             series = exp.series[record["series_index"]]
             if series.name not in tables:
-                tables[series.name] = predicted_rates(series.spec, series.truth, series.k)
+                tables[series.name] = predicted_rates(series.spec, series.truth, series.k,
+                                                     target=series.target)
             pred = _prediction(tables[series.name], record["quantity"], cell_size)
             use_nn = record["quantity"] == "regression_l2"
             pred["verdict"] = verdict(pred["predicted"], pred["predicted_rate"],
@@ -250,29 +251,71 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
     return pd.DataFrame(out)
 
 
+def _n_needed(sub: pd.DataFrame, target: float, stat: str, n_boot: int, rng):
+    """(grid, bootstrap statistics, slopes, n needed) of one series' rows of one quantity: the n at which the
+    fitted log-log line reaches `target` (inf where the line does not decay), on the data (index 0) and on
+    each bootstrap draw (replicates resampled within each n). None with fewer than two sample sizes."""
+    grid, groups = _groups(sub)
+    if len(grid) < 2:
+        return None
+    boot = bootstrap_centers(groups, stat, n_boot, rng)
+    intercept, slope = loglog_fit(np.log(grid.astype(float)), boot)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        n_star = np.where(slope < 0, np.exp((np.log(target) - intercept) / slope), np.inf)
+    return grid, boot, slope, n_star
+
+
+def _select(rows: pd.DataFrame, target: float, quantity: str, true_atom: int, stat: str) -> pd.DataFrame:
+    if not (np.isfinite(target) and target > 0):
+        raise ValueError(f"target must be a positive number, got {target!r}")
+    _check_stat(stat)
+    sel = rows[(rows.quantity == quantity) & (rows.true_atom == true_atom)]
+    if sel.empty:
+        raise ValueError(f"no rows with quantity={quantity!r} and true_atom={true_atom}")
+    return sel
+
+
 def sample_complexity(rows: pd.DataFrame, target: float, quantity: str = "loss", true_atom: int = -1,
                       stat: str = "median", n_boot: int = 1000, rng=0) -> pd.DataFrame:
     """Per series: the n at which the fitted log-log line of `quantity` reaches `target`, with a bootstrap
     95% interval, and the smallest n of the grid whose statistic is already below the target."""
-    if not (np.isfinite(target) and target > 0):
-        raise ValueError(f"target must be a positive number, got {target!r}")
-    _check_stat(stat)
+    sel = _select(rows, target, quantity, true_atom, stat)
     rng = np.random.default_rng(rng)
-    sel = rows[(rows.quantity == quantity) & (rows.true_atom == true_atom)]
-    if sel.empty:
-        raise ValueError(f"no rows with quantity={quantity!r} and true_atom={true_atom}")
     out = []
     for key, sub in sel.groupby(["series_index", "series", "label", "k"], sort=True):
-        grid, groups = _groups(sub)
-        if len(grid) < 2:
+        found = _n_needed(sub, target, stat, n_boot, rng)
+        if found is None:
             continue
-        boot = bootstrap_centers(groups, stat, n_boot, rng)
-        intercept, slope = loglog_fit(np.log(grid.astype(float)), boot)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            n_star = np.where(slope < 0, np.exp((np.log(target) - intercept) / slope), np.inf)
+        grid, boot, slope, n_star = found
         lo, hi = _interval(n_star[1:])
         below = grid[boot[0] <= target]
         out.append({**dict(zip(["series_index", "series", "label", "k"], key)), "quantity": quantity,
                     "target": target, "slope": slope[0], "n_needed": n_star[0], "ci_low": lo, "ci_high": hi,
                     "first_grid_n_below": int(below[0]) if below.size else np.nan})
+    return pd.DataFrame(out)
+
+
+def sample_complexity_ratio(rows: pd.DataFrame, pairs, target: float, quantity: str = "loss",
+                            true_atom: int = -1, stat: str = "median", n_boot: int = 1000, rng=0) -> pd.DataFrame:
+    """Per pair (numerator, denominator) of series labels: n_numerator / n_denominator, the ratio of the sample
+    sizes at which each series' fitted log-log line of `quantity` reaches `target` (`sample_complexity`'s n,
+    read on the fitted line, not on the medians), with a bootstrap 95% interval: each draw resamples the
+    replicates within each n of both series independently. Above 1: the numerator needs more samples.
+    NaN where a series has fewer than two sample sizes, inf/0 where its line does not decay."""
+    sel = _select(rows, target, quantity, true_atom, stat)
+    rng = np.random.default_rng(rng)
+    out = []
+    for numerator, denominator in pairs:
+        found = [_n_needed(sel[sel.label == label], target, stat, n_boot, rng) for label in (numerator, denominator)]
+        record = {"numerator": numerator, "denominator": denominator, "quantity": quantity, "target": target}
+        if any(f is None for f in found):
+            out.append({**record, "n_numerator": np.nan, "n_denominator": np.nan, "ratio": np.nan,
+                        "ci_low": np.nan, "ci_high": np.nan})
+            continue
+        (_, _, _, n_num), (_, _, _, n_den) = found
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = n_num / n_den
+        lo, hi = _interval(ratio[1:])
+        out.append({**record, "n_numerator": n_num[0], "n_denominator": n_den[0], "ratio": ratio[0],
+                    "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(out)
