@@ -127,14 +127,14 @@ def plot_experiment(rows: pd.DataFrame, exp: Experiment, out_dir, quantities=Non
     return _save(fig, out_dir, exp.name)
 
 
-def _headline_choice(rates: pd.DataFrame) -> tuple[pd.Series, pd.Series | None]:
+def _headline_choice(rates: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """(the rate row a headline curve draws, the row whose prediction guides it) of one (series, quantity,
     atom): all its replicates (the pooled row where their cell sizes differ), guided by the prediction for the
-    cell size most replicates have."""
+    cell size most replicates have (the drawn row's own for a quantity not per cell: loss, regression_l2)."""
     pooled = rates[rates.cell_size < 0]
     per_size = rates[rates.cell_size >= 0].sort_values("replicates", ascending=False)
     drawn = pooled.iloc[0] if not pooled.empty else per_size.iloc[0]
-    return drawn, per_size.iloc[0] if not per_size.empty else None
+    return drawn, per_size.iloc[0] if not per_size.empty else drawn
 
 
 def plot_headline(rows: pd.DataFrame, exp: Experiment, out_dir, stat: str | None = None,
@@ -176,16 +176,17 @@ def plot_headline(rows: pd.DataFrame, exp: Experiment, out_dir, stat: str | None
             line = np.exp(logc.mean() + drawn.slope * (np.log(n) - np.log(n).mean()))
             ax.plot(n, line, "-", color=color, lw=1.3,
                     label=f"{name}: slope {drawn.slope:.2f} [{drawn.ci_low:.2f}, {drawn.ci_high:.2f}]")
-            if guide is not None and np.isfinite(guide.get("predicted", np.nan)):
+            if np.isfinite(guide.get("predicted", np.nan)):
                 shape = n ** -guide.predicted * (np.log(n) ** 0.5 if quantity == "regression_l2" else 1.0)
                 cell = f", cell {guide.cell_size}" if guide.cell_size > 0 else ""
                 ax.plot(n, line[0] * shape / shape[0], "--", color=color, lw=1,
                         label=f"theory {guide.predicted_rate}{cell}")
-            elif guide is not None and guide.get("predicted_rate", "") not in ("", "no prediction"):
+            elif guide.get("predicted_rate", "") not in ("", "no prediction"):
                 ax.plot([], [], " ", label=f"theory: {guide.predicted_rate}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(quantity + (f", true atom {atom}" if atom >= 0 else ""), fontsize=9)
         ax.set_xlabel("n", fontsize=8)
         ax.set_ylabel(f"{stat} (95% band)", fontsize=8)

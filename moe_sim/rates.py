@@ -31,7 +31,7 @@ import pandas as pd
 from scipy.stats import trim_mean
 
 from .config import Experiment
-from .theory import predicted_rates
+from .theory import NO_CONVERGENCE, predicted_rates
 
 KEYS = ["series_index", "series", "label", "k", "quantity", "true_atom", "cell_size"]
 SLOW = ("slow", "1/log^lambda(n)")
@@ -123,6 +123,8 @@ def _prediction(table: pd.DataFrame, quantity: str, cell_size: int) -> dict:
     """Predicted exponent (rate n^-a), label and tag for one quantity; NaN exponent where none applies."""
     none = {"predicted": np.nan, "predicted_rate": "no prediction", "tag": ""}
     if quantity == "loss":
+        if (table.rate == NO_CONVERGENCE).any():  # measured against G* while the fit converges to G_bar
+            return {"predicted": np.nan, "predicted_rate": NO_CONVERGENCE, "tag": "V"}
         return {"predicted": 0.5, "predicted_rate": "n^-1/2", "tag": "THEORY s2"}
     if quantity == "regression_l2":
         row = table[table.block == "regression_function"].iloc[0]

@@ -5,6 +5,7 @@ import pandas as pd
 from moe_sim import store
 from moe_sim.config import parse_config
 from moe_sim.plots import plot_headline, report
+from moe_sim.theory import NO_CONVERGENCE
 
 from .test_rates import synthetic_rows
 
@@ -60,7 +61,9 @@ def test_report_writes_the_headline_and_diagnostics_figures_and_the_ratios(tmp_p
     assert sorted(worst.cell_size) == [-1, 1, 2], "pooled row and one row per cell size"
     # comparison (b): the sigmoid fit of a regime-2 truth measured against G* has no rate to converge at
     sigmoid = rates[(rates.label == "sigmoid") & (rates.cell_size == 2)].iloc[0]
-    assert sigmoid.predicted_rate.startswith("no convergence to G*") and sigmoid.verdict == ""
+    assert sigmoid.predicted_rate == NO_CONVERGENCE and sigmoid.verdict == ""
+    loss = rates[(rates.quantity == "loss")].set_index("label")
+    assert loss.loc["sigmoid", "predicted_rate"] == NO_CONVERGENCE and loss.loc["softmax", "predicted_rate"] == "n^-1/2"
 
 
 def test_headline_draws_one_panel_per_entry_and_nothing_without_entries(tmp_path):
