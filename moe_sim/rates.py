@@ -303,7 +303,8 @@ def sample_complexity_ratio(rows: pd.DataFrame, pairs, target: float, quantity: 
     sizes at which each series' fitted log-log line of `quantity` reaches `target` (`sample_complexity`'s n,
     read on the fitted line, not on the medians), with a bootstrap 95% interval: each draw resamples the
     replicates within each n of both series independently. Above 1: the numerator needs more samples.
-    NaN where a series has fewer than two sample sizes, inf/0 where its line does not decay."""
+    NaN where a series has fewer than two sample sizes or neither line decays, inf/0 where one does not;
+    `within_grids`: both n lie inside their series' n grids (otherwise the ratio extrapolates the lines)."""
     sel = _select(rows, target, quantity, true_atom, stat)
     rng = np.random.default_rng(rng)
     out = []
@@ -312,12 +313,13 @@ def sample_complexity_ratio(rows: pd.DataFrame, pairs, target: float, quantity: 
         record = {"numerator": numerator, "denominator": denominator, "quantity": quantity, "target": target}
         if any(f is None for f in found):
             out.append({**record, "n_numerator": np.nan, "n_denominator": np.nan, "ratio": np.nan,
-                        "ci_low": np.nan, "ci_high": np.nan})
+                        "ci_low": np.nan, "ci_high": np.nan, "within_grids": False})
             continue
-        (_, _, _, n_num), (_, _, _, n_den) = found
+        (grid_num, _, _, n_num), (grid_den, _, _, n_den) = found
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = n_num / n_den
         lo, hi = _interval(ratio[1:])
+        inside = bool(grid_num[0] <= n_num[0] <= grid_num[-1] and grid_den[0] <= n_den[0] <= grid_den[-1])
         out.append({**record, "n_numerator": n_num[0], "n_denominator": n_den[0], "ratio": ratio[0],
-                    "ci_low": lo, "ci_high": hi})
+                    "ci_low": lo, "ci_high": hi, "within_grids": inside})
     return pd.DataFrame(out)

@@ -166,6 +166,7 @@ def test_sample_complexity_ratio_recovers_a_known_ratio():
     tolerance = 4 * np.sqrt(2) * per_series  # four standard errors of the log ratio
     assert abs(np.log(ratio.ratio) - np.log(4.0)) < tolerance
     np.testing.assert_allclose(out.iloc[1].ratio, 1 / ratio.ratio)
+    assert ratio.within_grids
     assert ratio.ci_high - ratio.ci_low < 4.0 * (np.exp(2 * tolerance) - 1)
 
 
@@ -173,7 +174,7 @@ def test_sample_complexity_ratio_of_a_series_that_does_not_decay():
     rows = synthetic_rows(0.5, series=("decays/k=3", "flat/k=3"))
     rows.loc[rows.label == "flat", "value"] = 0.5
     out = sample_complexity_ratio(rows, [("flat", "decays")], target=0.02).iloc[0]
-    assert np.isinf(out.n_numerator) and np.isinf(out.ratio)
+    assert np.isinf(out.n_numerator) and np.isinf(out.ratio) and not out.within_grids
     with pytest.raises(ValueError, match="target must be a positive number"):
         sample_complexity_ratio(rows, [("flat", "decays")], target=0.0)
 
