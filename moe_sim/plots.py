@@ -4,7 +4,8 @@
 Markdown), the diagnostics figure NAME.png/pdf (log-log, one row of panels per series and one column per
 quantity), the headline figure NAME_headline.png/pdf when the config declares `analysis.headline` (at most four
 panels, the declared series on the same axes), and, when the config sets `analysis.target_error`, a
-sample-complexity figure and table, with the sample-complexity ratios of `analysis.ratios` (NAME_ratios).
+sample-complexity figure and table, with the sample-complexity ratios of `analysis.ratios` (NAME_ratios);
+the pairs of `analysis.ratios` also get their slopes, predictions and verdicts side by side (NAME_comparison).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from matplotlib.ticker import NullFormatter
 
 from . import store
 from .config import Experiment, parse_config
-from .rates import rate_table, sample_complexity, sample_complexity_ratio, summarize
+from .rates import (comparison_table, dominant_row, rate_table, sample_complexity, sample_complexity_ratio,
+                    summarize)
 
 TABLE_COLUMNS = ["series", "quantity", "true_atom", "cell_size", "replicates", "slope", "ci_low", "ci_high",
                  "slope_lognn", "slope_upper", "slope_upper_ci_low", "slope_upper_ci_high", "trimmed_slope",
@@ -129,12 +131,10 @@ def plot_experiment(rows: pd.DataFrame, exp: Experiment, out_dir, quantities=Non
 
 def _headline_choice(rates: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
     """(the rate row a headline curve draws, the row whose prediction guides it) of one (series, quantity,
-    atom): all its replicates (the pooled row where their cell sizes differ), guided by the prediction for the
-    cell size most replicates have (the drawn row's own for a quantity not per cell: loss, regression_l2)."""
+    atom): all its replicates (the pooled row where their cell sizes differ), guided by its `dominant_row`."""
     pooled = rates[rates.cell_size < 0]
-    per_size = rates[rates.cell_size >= 0].sort_values("replicates", ascending=False)
-    drawn = pooled.iloc[0] if not pooled.empty else per_size.iloc[0]
-    return drawn, per_size.iloc[0] if not per_size.empty else drawn
+    guide = dominant_row(rates)
+    return (pooled.iloc[0] if not pooled.empty else guide), guide
 
 
 def plot_headline(rows: pd.DataFrame, exp: Experiment, out_dir, stat: str | None = None,
@@ -246,4 +246,7 @@ def report(results_dir, out_dir, stat: str | None = None, exp: Experiment | None
             ratios = sample_complexity_ratio(rows, exp.ratios, exp.target_error, exp.target_quantity,
                                              exp.target_atom, stat)
             paths += write_table(ratios, out_dir, f"{exp.name}_ratios", columns=None)
+    if exp.ratios:
+        table = comparison_table(rates, exp.ratios, exp.quantities)
+        paths += write_table(table, out_dir, f"{exp.name}_comparison", columns=None)
     return rates, paths

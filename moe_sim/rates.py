@@ -323,3 +323,33 @@ def sample_complexity_ratio(rows: pd.DataFrame, pairs, target: float, quantity: 
         out.append({**record, "n_numerator": n_num[0], "n_denominator": n_den[0], "ratio": ratio[0],
                     "ci_low": lo, "ci_high": hi, "within_grids": inside})
     return pd.DataFrame(out)
+
+
+def dominant_row(rates: pd.DataFrame) -> pd.Series:
+    """The rate row of one (series, quantity, true atom) for the cell size most of its replicates have (the
+    one its prediction and verdict are for); the pooled row where no row is per cell size."""
+    per_size = rates[rates.cell_size >= 0]
+    return (per_size if not per_size.empty else rates).sort_values("replicates", ascending=False, kind="stable").iloc[0]
+
+
+def comparison_table(rates: pd.DataFrame, pairs, quantities) -> pd.DataFrame:
+    """Per pair (numerator, denominator) of series labels and per quantity (not per atom): each series' slope,
+    95% interval, prediction and verdict side by side, from its `dominant_row` (cell size and replicates
+    given)."""
+    out = []
+    for pair in pairs:
+        for quantity in quantities:
+            record = {"pair": " / ".join(pair), "quantity": quantity}
+            for side, label in zip(("numerator", "denominator"), pair):
+                sel = rates[(rates.label == label) & (rates.quantity == quantity) & (rates.true_atom == -1)]
+                if sel.empty:
+                    continue
+                row = dominant_row(sel)
+                record.update({f"{side}": label, f"{side}_cell": row.cell_size,
+                               f"{side}_replicates": row.replicates, f"{side}_slope": row.slope,
+                               f"{side}_ci": f"[{row.ci_low:.2f}, {row.ci_high:.2f}]",
+                               f"{side}_predicted": row.get("predicted_rate", ""),
+                               f"{side}_verdict": row.get("verdict", "")})
+            out.append(record)
+    return pd.DataFrame(out)
+

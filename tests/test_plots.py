@@ -52,7 +52,8 @@ def test_report_writes_the_headline_and_diagnostics_figures_and_the_ratios(tmp_p
     store.write_shard(results, "s000-n000-r00000", rows, exp.fingerprint(), 1)
     rates, paths = report(results, tmp_path / "figures", exp=exp)
     names = {p.name for p in paths}
-    assert {"cmp.png", "cmp.pdf", "cmp_headline.png", "cmp_headline.pdf", "cmp_ratios.csv"} <= names
+    assert {"cmp.png", "cmp.pdf", "cmp_headline.png", "cmp_headline.pdf", "cmp_ratios.csv",
+            "cmp_comparison.md"} <= names
     assert all(p.stat().st_size > 0 for p in paths)
     ratio = pd.read_csv(tmp_path / "figures" / "cmp_ratios.csv").iloc[0]
     assert (ratio.numerator, ratio.denominator) == ("sigmoid", "softmax")
@@ -62,6 +63,10 @@ def test_report_writes_the_headline_and_diagnostics_figures_and_the_ratios(tmp_p
     # comparison (b): the sigmoid fit of a regime-2 truth measured against G* has no rate to converge at
     sigmoid = rates[(rates.label == "sigmoid") & (rates.cell_size == 2)].iloc[0]
     assert sigmoid.predicted_rate == NO_CONVERGENCE and sigmoid.verdict == ""
+    side_by_side = pd.read_csv(tmp_path / "figures" / "cmp_comparison.csv").set_index("quantity")
+    worst = side_by_side.loc["param:expert:worst"]  # 3 of 4 replicates in a cell of 2, decaying at n^-1/2
+    assert (worst.denominator, worst.denominator_cell, worst.denominator_predicted) == ("softmax", 2, "n^-1/4")
+    assert worst.denominator_verdict == "faster" and worst.numerator_predicted == NO_CONVERGENCE
     loss = rates[(rates.quantity == "loss")].set_index("label")
     assert loss.loc["sigmoid", "predicted_rate"] == NO_CONVERGENCE and loss.loc["softmax", "predicted_rate"] == "n^-1/2"
 
