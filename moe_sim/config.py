@@ -445,7 +445,7 @@ def _headline(panels, labels: set) -> tuple[dict, ...]:
         _check_keys(panel, HEADLINE_KEYS, at)
         _check_quantity(f"{at}.quantity", panel.get("quantity"))
         series = panel.get("series")
-        if not isinstance(series, list) or not series or any(s not in labels for s in series):
+        if not isinstance(series, list) or not series or not all(isinstance(s, str) and s in labels for s in series):
             raise _fail(f"{at}.series", series, f"expected a non-empty list of series labels from "
                                                 f"{sorted(labels)}")
         atom = panel.get("atom", -1)

@@ -121,6 +121,8 @@ def test_shared_data_needs_the_same_regression_function():
      "'analysis.headline\\[0\\].quantity' = 'los'"),
     ({"analysis": {"headline": [{"quantity": "loss", "series": ["sigmoid"]}]}},
      "'analysis.headline\\[0\\].series' = \\['sigmoid'\\] .*labels from \\['default'\\]"),
+    ({"analysis": {"headline": [{"quantity": "loss", "series": [["default"]]}]}},
+     "'analysis.headline\\[0\\].series' = \\[\\['default'\\]\\]"),
     ({"analysis": {"headline": [{"quantity": "loss", "series": ["default"], "atoms": 1}]}},
      "unknown config key\\(s\\) \\['atoms'\\] in analysis.headline\\[0\\]"),
     ({"analysis": {"headline": [{"quantity": "loss", "series": ["default"]}] * 5}},
