@@ -117,7 +117,8 @@ def plot_experiment(rows: pd.DataFrame, exp: Experiment, out_dir, quantities=Non
                 ax.set_yscale("log")
                 ax.xaxis.set_minor_formatter(NullFormatter())
                 ax.yaxis.set_minor_formatter(NullFormatter())
-                ax.legend(fontsize=5.5, loc="best")
+                if ax.get_legend_handles_labels()[0]:  # no fitted line where fewer than two n have values
+                    ax.legend(fontsize=5.5, loc="best")
             ax.set_title(f"{exp.series[s_i].name}: {quantity}", fontsize=8)
             ax.tick_params(labelsize=7)
             if r == len(series) - 1:
