@@ -130,6 +130,7 @@ class AttentionExperiment:
     stat: str
     quick: bool
     raw: dict = field(repr=False)
+    ratios: tuple = ()  # no sample-complexity ratios (`moe_sim.plots.report` reads them from MoE experiments)
 
     @property
     def grid_name(self) -> str:

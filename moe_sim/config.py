@@ -34,7 +34,7 @@ from .fit.init import start_plan
 from .measure import MixingMeasure, MoESpec
 from .model import regression_function
 from .sample import DESIGNS, design_box
-from .theory import predicted_rates
+from .theory import TARGETS, predicted_rates
 from .voronoi import LOSS_KINDS
 
 LARGE_N = 10**6
@@ -55,10 +55,12 @@ TOP_KEYS = {
     "estimator": "table: method, init, n_starts, options (the estimator's settings), backend ('numpy')",
     "seed": "seed entropy: a non-negative integer",
     "loss": f"Voronoi loss kind: one of {', '.join(LOSS_KINDS)}",
+    "target": "what losses are taken against: 'auto' (G_bar for sigmoid regime 2, else G*) or 'truth' (always G*)",
     "eval_n": "size of the fresh evaluation design for the regression-function error",
     "reference": "table of options passed to closest_measure (sigmoid regime 2)",
     "series": "array of tables, one per model series",
-    "analysis": "table: quantities (list), stat ('median' | 'mean'), target_error, target_quantity, target_atom",
+    "analysis": "table: quantities (list), stat ('median' | 'mean'), target_error, target_quantity, target_atom, "
+                "margin, headline (panels), ratios (series pairs)",
     "quick": "table of top-level overrides for the --quick variant",
     "allow_large_n": f"true to allow n or eval_n above {LARGE_N:.0e} (memory and run time grow with n)",
 }
@@ -66,8 +68,11 @@ MODEL_KEYS = ("gate", "score", "expert", "d", "likelihood", "degree", "temperatu
 TRUTH_KEYS = ("bias", "gate", "expert", "var")
 ESTIMATOR_KEYS = ("method", "init", "n_starts", "options", "backend")
 FIT_BACKENDS = ("numpy",)
-SERIES_KEYS = ("label", "model", "truth", "k", "estimator", "loss", "data")
+SERIES_KEYS = ("label", "model", "truth", "k", "estimator", "loss", "data", "target")
 ANALYSIS_KEYS = ("quantities", "target_error", "target_quantity", "target_atom", "stat", "margin")
+FIGURE_KEYS = ("headline", "ratios")  # MoE experiments' [analysis] keys for the headline figure and ratios
+HEADLINE_KEYS = ("quantity", "series", "atom")
+MAX_HEADLINE_PANELS = 4
 METHODS = ("lse", "em")
 NOT_FINGERPRINTED = ("analysis", "description", "paper", "allow_large_n")
 DEFAULT_QUANTITIES = ("loss", "regression_l2", "param:weight:max", "param:gate:max", "param:expert:max")
@@ -123,6 +128,7 @@ class Series:
     loss: str
     data_index: int
     backend: str = "numpy"
+    target: str = "auto"
 
     @property
     def name(self) -> str:
@@ -131,7 +137,7 @@ class Series:
 
     def predicted_rates(self):
         """The theory's predictions for this series (`moe_sim.theory.predicted_rates`), read by the rate table."""
-        return predicted_rates(self.spec, self.truth, self.k)
+        return predicted_rates(self.spec, self.truth, self.k, target=self.target)
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,8 @@ class Experiment:
     stat: str
     quick: bool
     raw: dict = field(repr=False)
+    headline: tuple[dict, ...] = ()
+    ratios: tuple[tuple[str, str], ...] = ()
 
     def fingerprint(self) -> str:
         return config_fingerprint(self.raw)
@@ -336,12 +344,13 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
     allow_large = cfg.get("allow_large_n", False)
     if not isinstance(allow_large, bool):
         raise _fail("allow_large_n", allow_large, "expected true or false")
-    analysis = parse_analysis(cfg.get("analysis", {}), DEFAULT_QUANTITIES, _check_quantity)
+    analysis_table = cfg.get("analysis", {})
+    analysis = parse_analysis(analysis_table, DEFAULT_QUANTITIES, _check_quantity, FIGURE_KEYS)
 
     series_tables = cfg.get("series", [{}])
     if not isinstance(series_tables, list) or not series_tables:
         raise _fail("series", series_tables, "expected a non-empty array of tables ([[series]])")
-    defaults = {key: cfg[key] for key in ("model", "truth", "k", "estimator", "loss") if key in cfg}
+    defaults = {key: cfg[key] for key in ("model", "truth", "k", "estimator", "loss", "target") if key in cfg}
     series, data_keys, labels = [], {}, set()
     for s_i, table in enumerate(series_tables):
         where = f"series[{s_i}]"
@@ -367,6 +376,12 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
         s_loss = merged.get("loss", "auto")
         if s_loss not in LOSS_KINDS:
             raise _fail(f"{where}.loss", s_loss, f"choose one of {', '.join(LOSS_KINDS)}")
+        s_target = merged.get("target", "auto")
+        if s_target not in TARGETS:
+            raise _fail(f"{where}.target", s_target, f"choose one of {', '.join(TARGETS)}")
+        if s_target == "truth" and s_loss == "auto" and spec.gate_family.regime(truth) == 2 and max(ks) > truth.k:
+            raise _fail(f"{where}.loss", s_loss, "a regime-2 sigmoid fit measured against G* (target = 'truth') "
+                                                 "needs an explicit loss kind: D1 or D2r, as its softmax twin's")
         data = table.get("data")
         key = ("label", data) if data is not None else ("model", _data_key(spec, truth))
         if key not in data_keys:
@@ -378,7 +393,7 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
             if k < truth.k:
                 raise _fail(f"{where}.k", k, f"expected k >= the number of true atoms ({truth.k})")
             series.append(Series(label, spec, truth, k, method, init if isinstance(init, (str, dict)) else tuple(init),
-                                 n_starts, options, s_loss, data_keys[key][0], backend))
+                                 n_starts, options, s_loss, data_keys[key][0], backend, s_target))
     names = [s.name for s in series]
     if len(set(names)) != len(names):
         raise _fail("series", names, "each (label, k) pair must be unique")
@@ -390,6 +405,8 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
     if n_grid[0] <= size:
         raise _fail("n", cfg["n"], f"every n must exceed the {size} parameters of series {largest} (an "
                                    f"under-determined fit interpolates its sample)")
+    headline = _headline(analysis_table.get("headline", []), labels)
+    ratios = _ratios(analysis_table.get("ratios", []), [s.label for s in series], analysis["target_error"])
     eval_n = _pos_int("eval_n", cfg.get("eval_n", 2000))
     _check_size("eval_n", eval_n, eval_n, allow_large)
     return Experiment(
@@ -408,14 +425,17 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
         reference=reference,
         **analysis,
         quick=quick,
+        headline=headline,
+        ratios=ratios,
         raw=cfg,
     )
 
 
-def parse_analysis(analysis, default_quantities, check_quantity) -> dict:
+def parse_analysis(analysis, default_quantities, check_quantity, extra_keys=()) -> dict:
     """The [analysis] table as the experiment's quantities, target_error, target_quantity, target_atom and stat;
-    `check_quantity(key, name)` refuses a quantity the experiment does not store."""
-    _check_keys(analysis, ANALYSIS_KEYS, "analysis")
+    `check_quantity(key, name)` refuses a quantity the experiment does not store; `extra_keys` are the caller's
+    own keys (parsed by the caller)."""
+    _check_keys(analysis, ANALYSIS_KEYS + tuple(extra_keys), "analysis")
     quantities = analysis.get("quantities", list(default_quantities))
     if not isinstance(quantities, list) or not quantities:
         raise _fail("analysis.quantities", quantities, "expected a non-empty list of quantity names")
@@ -434,6 +454,45 @@ def parse_analysis(analysis, default_quantities, check_quantity) -> dict:
         raise _fail("analysis.stat", stat, "choose 'median' or 'mean'")
     return {"quantities": tuple(quantities), "target_error": None if target is None else float(target),
             "target_quantity": target_quantity, "target_atom": target_atom, "stat": stat}
+
+
+def _headline(panels, labels: set) -> tuple[dict, ...]:
+    """[analysis] headline: at most MAX_HEADLINE_PANELS panels {quantity, series = [labels], atom = -1}, each
+    drawing its series on the same log-log axes (`plots.plot_headline`)."""
+    where = "analysis.headline"
+    if not isinstance(panels, list) or len(panels) > MAX_HEADLINE_PANELS:
+        raise _fail(where, panels, f"expected a list of at most {MAX_HEADLINE_PANELS} panel tables "
+                                   f"{{quantity, series = [labels], atom}}")
+    out = []
+    for i, panel in enumerate(panels):
+        at = f"{where}[{i}]"
+        _check_keys(panel, HEADLINE_KEYS, at)
+        _check_quantity(f"{at}.quantity", panel.get("quantity"))
+        series = panel.get("series")
+        if not isinstance(series, list) or not series or not all(isinstance(s, str) and s in labels for s in series):
+            raise _fail(f"{at}.series", series, f"expected a non-empty list of series labels from "
+                                                f"{sorted(labels)}")
+        atom = panel.get("atom", -1)
+        if isinstance(atom, bool) or not isinstance(atom, int) or atom < -1:
+            raise _fail(f"{at}.atom", atom, "expected a true atom index (or -1 for a quantity not per atom)")
+        out.append({"quantity": panel["quantity"], "series": tuple(series), "atom": atom})
+    return tuple(out)
+
+
+def _ratios(pairs, labels: list, target) -> tuple[tuple[str, str], ...]:
+    """[analysis] ratios: pairs [numerator, denominator] of series labels, each fitted at a single k, whose
+    sample complexities at target_error are compared (`rates.sample_complexity_ratio`)."""
+    where = "analysis.ratios"
+    if not isinstance(pairs, list):
+        raise _fail(where, pairs, "expected a list of [numerator, denominator] series label pairs")
+    single = sorted(label for label in set(labels) if labels.count(label) == 1)
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(p in single for p in pair) and pair[0] != pair[1]):
+            raise _fail(where, pair, f"expected a pair of two different series labels, each fitted at one k, "
+                                     f"from {single}")
+    if pairs and target is None:
+        raise _fail(where, pairs, "sample-complexity ratios need analysis.target_error")
+    return tuple(tuple(pair) for pair in pairs)
 
 
 def _check_same_function(first, other, bounds, key: str, label: str) -> None:

@@ -1,9 +1,12 @@
 """Figures and rate tables of a finished sweep (matplotlib's object API: no pyplot state, any backend).
 
 `report(results_dir, out_dir)` is the whole analysis of one results directory: rate table (CSV and
-Markdown), a log-log figure (PNG and PDF) with one row of panels per series and one column per quantity
-(attention experiments: one panel per quantity, the series overlaid, `plot_overlay`),
-and, when the config sets `analysis.target_error`, a sample-complexity figure.
+Markdown), the diagnostics figure NAME.png/pdf (log-log, one row of panels per series and one column per
+quantity; attention experiments: one panel per quantity, the series overlaid, `plot_overlay`), the headline
+figure NAME_headline.png/pdf when the config declares `analysis.headline` (at most four panels, the declared
+series on the same axes), and, when the config sets `analysis.target_error`, a sample-complexity figure and
+table, with the sample-complexity ratios of `analysis.ratios` (NAME_ratios); the pairs of `analysis.ratios`
+also get their slopes, predictions and verdicts side by side (NAME_comparison).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from matplotlib.ticker import NullFormatter
 from . import store
 from .attention_experiment import AttentionExperiment
 from .config import Experiment, parse_config
-from .rates import rate_table, sample_complexity, summarize
+from .rates import (comparison_table, dominant_row, rate_table, sample_complexity, sample_complexity_ratio,
+                    summarize)
 
 TABLE_COLUMNS = ["series", "quantity", "true_atom", "cell_size", "replicates", "slope", "ci_low", "ci_high",
                  "slope_lognn", "slope_upper", "slope_upper_ci_low", "slope_upper_ci_high", "trimmed_slope",
@@ -118,7 +122,8 @@ def plot_experiment(rows: pd.DataFrame, exp: Experiment, out_dir, quantities=Non
                 ax.set_yscale("log")
                 ax.xaxis.set_minor_formatter(NullFormatter())
                 ax.yaxis.set_minor_formatter(NullFormatter())
-                ax.legend(fontsize=5.5, loc="best")
+                if ax.get_legend_handles_labels()[0]:  # no fitted line where fewer than two n have values
+                    ax.legend(fontsize=5.5, loc="best")
             ax.set_title(f"{exp.series[s_i].name}: {quantity}", fontsize=8)
             ax.tick_params(labelsize=7)
             if r == len(series) - 1:
@@ -188,6 +193,77 @@ def plot_overlay(rows: pd.DataFrame, exp, out_dir, stat: str | None = None,
     return _save(fig, out_dir, exp.name)
 
 
+def _headline_choice(rates: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(the rate row a headline curve draws, the row whose prediction guides it) of one (series, quantity,
+    atom): all its replicates (the pooled row where their cell sizes differ), guided by its `dominant_row`."""
+    pooled = rates[rates.cell_size < 0]
+    guide = dominant_row(rates)
+    return (pooled.iloc[0] if not pooled.empty else guide), guide
+
+
+def plot_headline(rows: pd.DataFrame, exp: Experiment, out_dir, stat: str | None = None,
+                  rates: pd.DataFrame | None = None) -> list[Path]:
+    """The figure to paste into a paper: one log-log panel per `analysis.headline` entry (at most four), its
+    series on the same axes, each with its statistic per n, a bootstrap 95% band, the fitted line (slope and
+    interval in the legend) and the predicted rate as a dashed guide through the line's first point."""
+    if not exp.headline:
+        return []
+    stat = stat or exp.stat
+    rows = rows[rows.quantity.isin({panel["quantity"] for panel in exp.headline})]
+    summary = summarize(rows, stat)
+    rates = rate_table(rows, exp, stat=stat) if rates is None else rates
+    cols = min(len(exp.headline), 2)
+    nrows = -(-len(exp.headline) // cols)
+    fig = Figure(figsize=(4.6 * cols, 3.6 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    colors = matplotlib.colormaps["tab10"].colors
+    for ax, panel in zip(axes, exp.headline):
+        quantity, atom = panel["quantity"], panel["atom"]
+        indices = [i for label in panel["series"] for i, s in enumerate(exp.series) if s.label == label]
+        for color, s_i in zip(colors, indices):
+            sel = (rates.series_index == s_i) & (rates.quantity == quantity) & (rates.true_atom == atom)
+            if not sel.any():
+                continue
+            drawn, guide = _headline_choice(rates[sel])
+            points = summary[(summary.series_index == s_i) & (summary.quantity == quantity)
+                             & (summary.true_atom == atom) & (summary.cell_size == drawn.cell_size)
+                             & (summary.center > 0)]
+            if points.empty:
+                continue
+            name = exp.series[s_i].name
+            n = points.n.to_numpy(float)
+            ax.fill_between(n, points.ci_low, points.ci_high, color=color, alpha=0.2, lw=0)
+            ax.plot(n, points.center, "o", ms=3.5, color=color)
+            if not np.isfinite(drawn.slope):
+                continue
+            logc = np.log(points.center.to_numpy())
+            line = np.exp(logc.mean() + drawn.slope * (np.log(n) - np.log(n).mean()))
+            ax.plot(n, line, "-", color=color, lw=1.3,
+                    label=f"{name}: slope {drawn.slope:.2f} [{drawn.ci_low:.2f}, {drawn.ci_high:.2f}]")
+            if np.isfinite(guide.get("predicted", np.nan)):
+                shape = n ** -guide.predicted * (np.log(n) ** 0.5 if quantity == "regression_l2" else 1.0)
+                cell = f", cell {guide.cell_size}" if guide.cell_size > 0 else ""
+                ax.plot(n, line[0] * shape / shape[0], "--", color=color, lw=1,
+                        label=f"theory {guide.predicted_rate}{cell}")
+            elif guide.get("predicted_rate", "") not in ("", "no prediction"):
+                ax.plot([], [], " ", label=f"theory: {guide.predicted_rate}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(quantity + (f", true atom {atom}" if atom >= 0 else ""), fontsize=9)
+        ax.set_xlabel("n", fontsize=8)
+        ax.set_ylabel(f"{stat} (95% band)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6.5, loc="best")
+    for ax in axes[len(exp.headline):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{exp.name}: {exp.description}", fontsize=8.5)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    return _save(fig, out_dir, f"{exp.name}_headline")
+
+
 def plot_sample_complexity(table: pd.DataFrame, exp: Experiment, out_dir) -> list[Path]:
     """n needed to reach the target error per series, with bootstrap 95% intervals (log scale)."""
     fig = Figure(figsize=(6, 0.5 + 0.45 * len(table)))
@@ -230,8 +306,16 @@ def report(results_dir, out_dir, stat: str | None = None, exp: Experiment | None
         paths += write_table(summary, out_dir, f"{exp.name}_summary", columns=SUMMARY_COLUMNS)
     else:
         paths += plot_experiment(rows, exp, out_dir, stat=stat, rates=rates)
+        paths += plot_headline(rows, exp, out_dir, stat=stat, rates=rates)
     if exp.target_error is not None:
         complexity = sample_complexity(rows, exp.target_error, exp.target_quantity, exp.target_atom, stat)
         paths += write_table(complexity, out_dir, f"{exp.name}_sample_complexity", columns=None)
         paths += plot_sample_complexity(complexity, exp, out_dir)
+        if exp.ratios:
+            ratios = sample_complexity_ratio(rows, exp.ratios, exp.target_error, exp.target_quantity,
+                                             exp.target_atom, stat)
+            paths += write_table(ratios, out_dir, f"{exp.name}_ratios", columns=None)
+    if exp.ratios:
+        table = comparison_table(rates, exp.ratios, exp.quantities)
+        paths += write_table(table, out_dir, f"{exp.name}_comparison", columns=None)
     return rates, paths

@@ -31,6 +31,7 @@ import pandas as pd
 from scipy.stats import trim_mean
 
 from .config import Experiment
+from .theory import NO_CONVERGENCE
 
 KEYS = ["series_index", "series", "label", "k", "quantity", "true_atom", "cell_size"]
 SLOW = ("slow", "1/log^lambda(n)")
@@ -122,6 +123,8 @@ def _prediction(table: pd.DataFrame, quantity: str, cell_size: int) -> dict:
     """Predicted exponent (rate n^-a), label and tag for one quantity; NaN exponent where none applies."""
     none = {"predicted": np.nan, "predicted_rate": "no prediction", "tag": ""}
     if quantity == "loss":
+        if (table.rate == NO_CONVERGENCE).any():  # measured against G* while the fit converges to G_bar
+            return {"predicted": np.nan, "predicted_rate": NO_CONVERGENCE, "tag": "V"}
         return {"predicted": 0.5, "predicted_rate": "n^-1/2", "tag": "THEORY s2"}
     if quantity == "regression_l2":
         row = table[table.block == "regression_function"].iloc[0]
@@ -249,29 +252,103 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
     return pd.DataFrame(out)
 
 
+def _n_needed(sub: pd.DataFrame, target: float, stat: str, n_boot: int, rng):
+    """(grid, bootstrap statistics, slopes, n needed) of one series' rows of one quantity: the n at which the
+    fitted log-log line reaches `target` (inf where the line does not decay), on the data (index 0) and on
+    each bootstrap draw (replicates resampled within each n). None with fewer than two sample sizes."""
+    grid, groups = _groups(sub)
+    if len(grid) < 2:
+        return None
+    boot = bootstrap_centers(groups, stat, n_boot, rng)
+    intercept, slope = loglog_fit(np.log(grid.astype(float)), boot)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        n_star = np.where(slope < 0, np.exp((np.log(target) - intercept) / slope), np.inf)
+    return grid, boot, slope, n_star
+
+
+def _select(rows: pd.DataFrame, target: float, quantity: str, true_atom: int, stat: str) -> pd.DataFrame:
+    if not (np.isfinite(target) and target > 0):
+        raise ValueError(f"target must be a positive number, got {target!r}")
+    _check_stat(stat)
+    sel = rows[(rows.quantity == quantity) & (rows.true_atom == true_atom)]
+    if sel.empty:
+        raise ValueError(f"no rows with quantity={quantity!r} and true_atom={true_atom}")
+    return sel
+
+
 def sample_complexity(rows: pd.DataFrame, target: float, quantity: str = "loss", true_atom: int = -1,
                       stat: str = "median", n_boot: int = 1000, rng=0) -> pd.DataFrame:
     """Per series: the n at which the fitted log-log line of `quantity` reaches `target`, with a bootstrap
     95% interval, and the smallest n of the grid whose statistic is already below the target."""
-    if not (np.isfinite(target) and target > 0):
-        raise ValueError(f"target must be a positive number, got {target!r}")
-    _check_stat(stat)
+    sel = _select(rows, target, quantity, true_atom, stat)
     rng = np.random.default_rng(rng)
-    sel = rows[(rows.quantity == quantity) & (rows.true_atom == true_atom)]
-    if sel.empty:
-        raise ValueError(f"no rows with quantity={quantity!r} and true_atom={true_atom}")
     out = []
     for key, sub in sel.groupby(["series_index", "series", "label", "k"], sort=True):
-        grid, groups = _groups(sub)
-        if len(grid) < 2:
+        found = _n_needed(sub, target, stat, n_boot, rng)
+        if found is None:
             continue
-        boot = bootstrap_centers(groups, stat, n_boot, rng)
-        intercept, slope = loglog_fit(np.log(grid.astype(float)), boot)
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            n_star = np.where(slope < 0, np.exp((np.log(target) - intercept) / slope), np.inf)
+        grid, boot, slope, n_star = found
         lo, hi = _interval(n_star[1:])
         below = grid[boot[0] <= target]
         out.append({**dict(zip(["series_index", "series", "label", "k"], key)), "quantity": quantity,
                     "target": target, "slope": slope[0], "n_needed": n_star[0], "ci_low": lo, "ci_high": hi,
                     "first_grid_n_below": int(below[0]) if below.size else np.nan})
     return pd.DataFrame(out)
+
+
+def sample_complexity_ratio(rows: pd.DataFrame, pairs, target: float, quantity: str = "loss",
+                            true_atom: int = -1, stat: str = "median", n_boot: int = 1000, rng=0) -> pd.DataFrame:
+    """Per pair (numerator, denominator) of series labels: n_numerator / n_denominator, the ratio of the sample
+    sizes at which each series' fitted log-log line of `quantity` reaches `target` (`sample_complexity`'s n,
+    read on the fitted line, not on the medians), with a bootstrap 95% interval: each draw resamples the
+    replicates within each n of both series independently. Above 1: the numerator needs more samples.
+    NaN where a series has fewer than two sample sizes or neither line decays, inf/0 where one does not;
+    `within_grids`: both n lie inside their series' n grids (otherwise the ratio extrapolates the lines)."""
+    sel = _select(rows, target, quantity, true_atom, stat)
+    rng = np.random.default_rng(rng)
+    out = []
+    for numerator, denominator in pairs:
+        found = [_n_needed(sel[sel.label == label], target, stat, n_boot, rng) for label in (numerator, denominator)]
+        record = {"numerator": numerator, "denominator": denominator, "quantity": quantity, "target": target}
+        if any(f is None for f in found):
+            out.append({**record, "n_numerator": np.nan, "n_denominator": np.nan, "ratio": np.nan,
+                        "ci_low": np.nan, "ci_high": np.nan, "within_grids": False})
+            continue
+        (grid_num, _, _, n_num), (grid_den, _, _, n_den) = found
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = n_num / n_den
+        lo, hi = _interval(ratio[1:])
+        inside = bool(grid_num[0] <= n_num[0] <= grid_num[-1] and grid_den[0] <= n_den[0] <= grid_den[-1])
+        out.append({**record, "n_numerator": n_num[0], "n_denominator": n_den[0], "ratio": ratio[0],
+                    "ci_low": lo, "ci_high": hi, "within_grids": inside})
+    return pd.DataFrame(out)
+
+
+def dominant_row(rates: pd.DataFrame) -> pd.Series:
+    """The rate row of one (series, quantity, true atom) for the cell size most of its replicates have (the
+    one its prediction and verdict are for); the pooled row where no row is per cell size."""
+    per_size = rates[rates.cell_size >= 0]
+    return (per_size if not per_size.empty else rates).sort_values("replicates", ascending=False, kind="stable").iloc[0]
+
+
+def comparison_table(rates: pd.DataFrame, pairs, quantities) -> pd.DataFrame:
+    """Per pair (numerator, denominator) of series labels and per quantity (not per atom): each series' slope,
+    95% interval, prediction and verdict side by side, from its `dominant_row` (cell size and replicates
+    given)."""
+    out = []
+    for pair in pairs:
+        for quantity in quantities:
+            record = {"pair": " / ".join(pair), "quantity": quantity}
+            for side, label in zip(("numerator", "denominator"), pair):
+                sel = rates[(rates.label == label) & (rates.quantity == quantity) & (rates.true_atom == -1)]
+                if sel.empty:
+                    continue
+                row = dominant_row(sel)
+                record.update({f"{side}": label, f"{side}_cell": row.cell_size,
+                               f"{side}_replicates": row.replicates, f"{side}_slope": row.slope,
+                               f"{side}_ci": f"[{row.ci_low:.2f}, {row.ci_high:.2f}]",
+                               f"{side}_predicted": row.get("predicted_rate", ""),
+                               f"{side}_verdict": row.get("verdict", "")})
+            out.append(record)
+    return pd.DataFrame(out)
+

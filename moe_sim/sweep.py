@@ -80,8 +80,10 @@ def replicate_seeds(entropy: int, series: Series, series_index: int, n_index: in
 
 
 def needs_reference(series: Series) -> bool:
-    """Whether losses are taken against G_bar: an over-specified sigmoid fit of a regime-2 truth."""
-    return series.spec.gate_family.regime(series.truth) == 2 and series.k > series.truth.k
+    """Whether losses are taken against G_bar: an over-specified sigmoid fit of a regime-2 truth whose target is
+    'auto' (target 'truth' measures it against G*, to compare it with a softmax fit of the same samples)."""
+    return (series.target == "auto" and series.spec.gate_family.regime(series.truth) == 2
+            and series.k > series.truth.k)
 
 
 def reference_measure(exp: Experiment, series: Series, closest=None) -> tuple[MixingMeasure, str]:

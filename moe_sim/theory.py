@@ -50,6 +50,8 @@ _SIBLING = "2025 sibling paper (THEORY.md s1)"
 _CARRIED = "2025 sibling paper's MLE rate carried over to least squares"
 _INNER_BIAS = "THEORY.md s1, s3: act(a^T x + b) is outside the strongly identifiable class"
 _SCALE_TRADE = "THEORY.md s1: eta_2 ReLU(eta_1 x) trades scale between eta_2 and eta_1"
+TARGETS = ("auto", "truth")
+NO_CONVERGENCE = "no convergence to G* (G_hat -> G_bar)"
 
 RULES: tuple[Rule, ...] = (
     # Paper a: softmax Gaussian MoE, MLE; over-specified exponents depend on r = r(m), filled in below.
@@ -147,15 +149,18 @@ def _exponent(value, r: float) -> tuple[float, str]:
     return np.nan, value
 
 
-def predicted_rates(spec: MoESpec, G_true: MixingMeasure, k: int, r=None) -> pd.DataFrame:
+def predicted_rates(spec: MoESpec, G_true: MixingMeasure, k: int, r=None, target: str = "auto") -> pd.DataFrame:
     """The predictions for fitting k atoms to data from G_true in this family, one row per cell type and block.
 
     Columns: cell ("exact" | "over"), cell_size, block, exponent (a in n^-a; NaN where no polynomial rate
     is predicted), rate (its label; "measured" where the theory predicts nothing), reference ("G*" or "G_bar"), tag,
     source. Over-specified rows are given
     for every cell size from 2 to k - k* + 1. The regression function's sqrt(log n / n) [S] is always the
-    first row.
+    first row. target "truth" asks for the errors against G* even where the fit converges to G_bar (an
+    over-specified sigmoid fit of a regime-2 truth): there the theory predicts no convergence (NO_CONVERGENCE).
     """
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r} is not allowed; choose one of {', '.join(map(repr, TARGETS))}")
     if isinstance(r, dict):
         bad = [m for m in r if isinstance(m, bool) or not isinstance(m, int) or m < 2]
         if bad:
@@ -172,6 +177,12 @@ def predicted_rates(spec: MoESpec, G_true: MixingMeasure, k: int, r=None) -> pd.
     reference = "G_bar" if regime == 2 else "G*"
     rows = [{"cell": "all", "cell_size": np.nan, "block": "regression_function", "exponent": 0.5,
              "rate": "sqrt(log n / n)", "reference": "G*", "tag": "S", "source": "all papers"}]
+    if target == "truth" and regime == 2 and k > G_true.k:
+        for m in range(1, k - G_true.k + 2):
+            rows += [{"cell": "exact" if m == 1 else "over", "cell_size": m, "block": block, "exponent": np.nan,
+                      "rate": NO_CONVERGENCE, "reference": "G*", "tag": "V", "source": _SIBLING}
+                     for block in ("weight", "gate", "expert")]
+        return pd.DataFrame(rows)
     sizes = [1] if (k == G_true.k or regime == 2) else [1, *range(2, k - G_true.k + 2)]
     for m in sizes:
         cell = "exact" if m == 1 else "over"

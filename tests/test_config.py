@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moe_sim.config import Series, load_config, parse_config
-from moe_sim.sweep import _unbounded_blocks
+from moe_sim.sweep import _unbounded_blocks, needs_reference
 
 BASE = {
     "name": "tiny",
@@ -114,6 +114,22 @@ def test_shared_data_needs_the_same_regression_function():
     ({"estimator": {"options": {"search": {"hits": 0}}}}, "Search.hits = 0 is not allowed"),
     ({"estimator": {"init": "near_truth"}}, "'series\\[0\\].estimator.init' = 'near_truth' .*bias the rates"),
     ({"allow_large_n": "yes"}, "'allow_large_n' = 'yes'"),
+    ({"target": "gbar"}, "'series\\[0\\].target' = 'gbar' .*auto, truth"),
+    ({"model": {"gate": "sigmoid", "expert": "tanh"}, "target": "truth",
+      "truth": {**BASE["truth"], "gate": [[2.0], [-2.0]]}}, "'series\\[0\\].loss' = 'auto' .*explicit loss kind"),
+    ({"analysis": {"headline": [{"quantity": "los", "series": ["default"]}]}},
+     "'analysis.headline\\[0\\].quantity' = 'los'"),
+    ({"analysis": {"headline": [{"quantity": "loss", "series": ["sigmoid"]}]}},
+     "'analysis.headline\\[0\\].series' = \\['sigmoid'\\] .*labels from \\['default'\\]"),
+    ({"analysis": {"headline": [{"quantity": "loss", "series": [["default"]]}]}},
+     "'analysis.headline\\[0\\].series' = \\[\\['default'\\]\\]"),
+    ({"analysis": {"headline": [{"quantity": "loss", "series": ["default"], "atoms": 1}]}},
+     "unknown config key\\(s\\) \\['atoms'\\] in analysis.headline\\[0\\]"),
+    ({"analysis": {"headline": [{"quantity": "loss", "series": ["default"]}] * 5}},
+     "'analysis.headline' = .*at most 4 panel"),
+    ({"analysis": {"target_error": 0.1, "ratios": [["default", "other"]]}},
+     "'analysis.ratios' = \\['default', 'other'\\] .*each fitted at one k"),
+    ({"k": 3, "analysis": {"ratios": [["default", "default"]]}}, "'analysis.ratios' = .*two different series"),
     ({"noise_sd": float("inf")}, "'noise_sd' = inf"),
 ])
 def test_errors_name_the_key_and_value(changes, key):
@@ -145,6 +161,23 @@ def test_shipped_experiments_parse(path):
     assert full.seed is not None, "shipped experiments are reproducible: they fix their seed"
     moe_series = [s for s in full.series + quick.series if isinstance(s, Series)]  # attention: no MoE fits
     assert not [s.name for s in moe_series if _unbounded_blocks(s)], "sigmoid fits are bounded"
+
+
+def test_target_truth_measures_a_regime_2_sigmoid_fit_against_g_star():
+    sigmoid = {"model": {"gate": "sigmoid", "expert": "tanh"}, "truth": {**BASE["truth"], "gate": [[2.0], [-2.0]]},
+               "k": 3, "estimator": {"options": {"bounds": 20.0}}}
+    auto, truth = parse_config(with_(**sigmoid)), parse_config(with_(**sigmoid, target="truth", loss="D1"))
+    assert needs_reference(auto.series[0]) and not needs_reference(truth.series[0])
+    assert auto.fingerprint() != truth.fingerprint(), "the target changes the rows"
+
+
+def test_a_bad_headline_in_a_toml_fails_in_load_config(tmp_path):
+    shipped = Path(__file__).parents[1] / "experiments" / "sigmoid_vs_softmax_same.toml"
+    path = tmp_path / "bad_headline.toml"
+    path.write_text(shipped.read_text().replace('quantity = "param:expert:worst"', 'quantity = "param:expert:top"'))
+    with pytest.raises(ValueError, match="'analysis.headline\\[1\\].quantity' = 'param:expert:top'"):
+        load_config(path)
+    assert load_config(shipped).headline[1]["quantity"] == "param:expert:worst"
 
 
 def test_large_n_runs_when_confirmed():

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from moe_sim.config import parse_config
-from moe_sim.rates import loglog_fit, rate_table, sample_complexity, summarize, verdict
+from moe_sim.rates import loglog_fit, rate_table, sample_complexity, sample_complexity_ratio, summarize, verdict
 
 GRID = np.array([100, 300, 1000, 3000, 10000, 30000])
 
@@ -146,6 +146,37 @@ def test_sample_complexity_inverts_the_fitted_line():
     np.testing.assert_allclose(out.loc["slow", "n_needed"], 1e8, rtol=1e-6)
     assert out.loc["fast", "first_grid_n_below"] == 10000
     assert np.isnan(out.loc["slow", "first_grid_n_below"])
+
+
+def test_sample_complexity_ratio_recovers_a_known_ratio():
+    reps, sd = 40, 0.3
+    rows = synthetic_rows(0.5, reps=reps, sd=sd, rng=3, series=("sigmoid/k=3", "softmax/k=3"))
+    rows.loc[rows.label == "softmax", "value"] /= 2.0  # 2 n^-1/2 against 1 n^-1/2: 0.02 at n = 1e4 and 2500
+    out = sample_complexity_ratio(rows, [("sigmoid", "softmax"), ("softmax", "sigmoid")], target=0.02, rng=1)
+    ratio = out.iloc[0]
+    np.testing.assert_allclose([ratio.n_numerator, ratio.n_denominator], [1e4, 2500], rtol=0.5)
+    assert ratio.ci_low <= 4.0 <= ratio.ci_high
+    # log n* = mean log n + (log target - mean log median) / slope, slope -1/2: the median's log error
+    # (1.25 sd / sqrt(reps) per n) enters twice over through the intercept (over sqrt(grid size)) and through
+    # the slope (times the target's distance from the grid's centre in log n, at most that of n = 1e4)
+    log_n = np.log(GRID)
+    per_n = 1.25 * sd / np.sqrt(reps)
+    per_series = 2 * per_n * (1 / np.sqrt(len(GRID))
+                              + abs(np.log(1e4) - log_n.mean()) / np.sqrt(np.sum((log_n - log_n.mean()) ** 2)))
+    tolerance = 4 * np.sqrt(2) * per_series  # four standard errors of the log ratio
+    assert abs(np.log(ratio.ratio) - np.log(4.0)) < tolerance
+    np.testing.assert_allclose(out.iloc[1].ratio, 1 / ratio.ratio)
+    assert ratio.within_grids
+    assert ratio.ci_high - ratio.ci_low < 4.0 * (np.exp(2 * tolerance) - 1)
+
+
+def test_sample_complexity_ratio_of_a_series_that_does_not_decay():
+    rows = synthetic_rows(0.5, series=("decays/k=3", "flat/k=3"))
+    rows.loc[rows.label == "flat", "value"] = 0.5
+    out = sample_complexity_ratio(rows, [("flat", "decays")], target=0.02).iloc[0]
+    assert np.isinf(out.n_numerator) and np.isinf(out.ratio) and not out.within_grids
+    with pytest.raises(ValueError, match="target must be a positive number"):
+        sample_complexity_ratio(rows, [("flat", "decays")], target=0.0)
 
 
 def test_summarize_and_loglog_fit():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import moe_sim as ms
-from moe_sim.theory import RULES
+from moe_sim.theory import NO_CONVERGENCE, RULES
 
 
 def _rate(table, cell, block, size=None):
@@ -91,6 +91,17 @@ def test_sigmoid_regimes(sigmoid_tanh):
     scaled = ms.MoESpec(gate="sigmoid", expert="scaled_tanh")
     sparse = ms.predicted_rates(scaled, sparse_truth, 3)
     assert _rate(sparse, "over", "expert", 2).exponent == 0.25 and _rate(sparse, "over", "expert", 2).tag == "V"
+
+
+def test_regime_2_against_g_star_predicts_no_convergence(sigmoid_tanh):
+    spec, G = sigmoid_tanh
+    table = ms.predicted_rates(spec, G, 3, target="truth")
+    assert set(table.reference) == {"G*"} and set(table[table.cell != "all"].cell_size) == {1, 2}
+    assert _rate(table, "over", "expert", 2).rate == NO_CONVERGENCE and np.isnan(_rate(table, "exact", "gate").exponent)
+    exact = ms.predicted_rates(spec, G, 2, target="truth")
+    assert _rate(exact, "exact", "expert").exponent == 0.5, "with k = k* G_bar is G*: the usual rates"
+    with pytest.raises(ValueError, match="target='gbar' is not allowed"):
+        ms.predicted_rates(spec, G, 3, target="gbar")
 
 
 def test_quadratic_softmax_is_logarithmic():
