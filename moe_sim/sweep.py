@@ -255,8 +255,8 @@ def _unbounded_blocks(series: Series) -> list[str]:
 
 
 def _misses_null_free_space(series: Series) -> bool:
-    """Whether an over-specified sigmoid least-squares series lacks `LeastSquares.expert_min`: a spare atom can
-    then become null (weight or expert ~ 0), and the regime-2 target G_bar is not attained (THEORY.md s1)."""
+    """Whether an over-specified sigmoid least-squares series (either regime) lacks `LeastSquares.expert_min`: a
+    spare atom can then become null (expert ~ 0), and the regime-2 target G_bar is not attained (THEORY.md s1)."""
     return (series.spec.gate_family.regime(series.truth) is not None and series.method == "lse"
             and series.k > series.truth.k and not series.options.get("expert_min"))
 
@@ -272,9 +272,9 @@ def _warn_unbounded_sigmoid(exp: Experiment) -> None:
                           f"expert = [-20, 20] }} (weights >= 0.05)", UnboundedSigmoidWarning, stacklevel=3)
         if _misses_null_free_space(series):
             warnings.warn(f"series {series.name}: an over-specified sigmoid fit without a parameter space free of "
-                          f"null atoms; a spare atom can end with expert ~ 0, where G_bar is not attained. Set "
-                          f"estimator.options.expert_min (e.g. 0.1, the expert's size floor) and a bias lower bound",
-                          UnboundedSigmoidWarning, stacklevel=3)
+                          f"null atoms; a spare atom can end with expert ~ 0, which makes its errors meaningless and "
+                          f"leaves G_bar (regime 2) unattained. Set estimator.options.expert_min (e.g. 0.1, a floor "
+                          f"on the expert's size) and a bias lower bound", UnboundedSigmoidWarning, stacklevel=3)
 
 
 def _watch_parent(parent_pid: int) -> None:

@@ -140,10 +140,9 @@ def null_free_box(spec: MoESpec, G: MixingMeasure, lim, expert_min: float) -> tu
     atoms = np.arange(G.k)
     cols = spec.expert_family.size_index(G.expert)
     flat = G.k * (1 + spec.q) + atoms * spec.p + cols
-    positive = G.expert[atoms, cols] >= 0
     check_expert_room(expert_min, low[flat], high[flat])
     fits_positive, fits_negative = high[flat] >= expert_min, low[flat] <= -expert_min
-    positive = np.where(positive, fits_positive, ~fits_negative)
+    positive = np.where(G.expert[atoms, cols] >= 0, fits_positive, ~fits_negative)
     low[flat] = np.where(positive, np.maximum(low[flat], expert_min), low[flat])
     high[flat] = np.where(positive, high[flat], np.minimum(high[flat], -expert_min))
     return low, high
