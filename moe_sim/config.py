@@ -52,12 +52,15 @@ TOP_KEYS = {
     "n": "sample sizes: a list of integers, or a table {start, stop, num} for a geometric grid",
     "replicates": "replicates per (series, n): a positive integer",
     "chunk": "replicates per task: a positive integer",
-    "estimator": "table: method, init, n_starts, options (the estimator's settings), backend ('numpy')",
+    "estimator": "table: method, init, n_starts, options (the estimator's settings; an over-specified sigmoid "
+                 "series needs bounds with a bias floor and expert_min, a space without null atoms), backend "
+                 "('numpy')",
     "seed": "seed entropy: a non-negative integer",
     "loss": f"Voronoi loss kind: one of {', '.join(LOSS_KINDS)}",
     "target": "what losses are taken against: 'auto' (G_bar for sigmoid regime 2, else G*) or 'truth' (always G*)",
     "eval_n": "size of the fresh evaluation design for the regression-function error",
-    "reference": "table of options passed to closest_measure (sigmoid regime 2)",
+    "reference": "table of options passed to closest_measure (sigmoid regime 2); expert_min defaults to the "
+                 "series' estimator.options.expert_min and must agree with it",
     "series": "array of tables, one per model series",
     "analysis": "table: quantities (list), stat ('median' | 'mean'), target_error, target_quantity, target_atom, "
                 "margin, headline (panels), ratios (series pairs)",
@@ -373,6 +376,12 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
         if (method == "em") != (spec.likelihood == "gaussian"):
             raise _fail(f"{where}.estimator.method", method,
                         f"'em' goes with likelihood='gaussian' and 'lse' with 'regression' (got {spec.likelihood!r})")
+        fit_floor, g_bar_floor = options.get("expert_min"), reference.get("expert_min")
+        sigmoid = spec.gate_family.regime(truth) is not None
+        if sigmoid and None not in (fit_floor, g_bar_floor) and fit_floor != g_bar_floor:
+            raise _fail(f"{where}.estimator.options.expert_min", fit_floor,
+                        f"expected reference.expert_min = {g_bar_floor!r}: G_bar and the fits share one parameter "
+                        f"space")
         s_loss = merged.get("loss", "auto")
         if s_loss not in LOSS_KINDS:
             raise _fail(f"{where}.loss", s_loss, f"choose one of {', '.join(LOSS_KINDS)}")

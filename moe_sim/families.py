@@ -190,6 +190,16 @@ class ExpertFamily:
         object.__setattr__(self, "activation", _writing_into_out(self.activation))
         object.__setattr__(self, "derivative", _writing_into_out(self.derivative))
 
+    def size_index(self, expert: Array) -> Array:
+        """Per atom (rows of expert, shape (k, p)), the coordinate whose magnitude measures the expert's size:
+        the outer scale eta_2 of a scaled expert, the largest slope of an affine one, else the largest
+        coefficient. A lower bound on it keeps an atom from being null (THEORY.md s1); the norm bound the
+        theory states is not a box, so the largest coordinate stands in for it."""
+        if self.scaled:
+            return np.zeros(len(expert), dtype=int)
+        offset = 1 if self.affine and expert.shape[1] > 1 else 0
+        return offset + np.argmax(np.abs(expert[:, offset:]), axis=1)
+
 
 def _ffn(name: str, act, dact, identifiable: str = "strong") -> ExpertFamily:
     return ExpertFamily(

@@ -88,13 +88,15 @@ def needs_reference(series: Series) -> bool:
 
 def reference_measure(exp: Experiment, series: Series, closest=None) -> tuple[MixingMeasure, str]:
     """The measure losses are taken against, and a note: G*, or G_bar when `needs_reference` (computed by
-    `closest_measure` on the experiment's design and bounds, options from the config's [reference] table; the
-    note lists G_bar's degeneracy issues, if any)."""
+    `closest_measure` on the experiment's design and bounds, options from the config's [reference] table, its
+    expert_min by default the series estimator's, so that G_bar lies in the space the fits search; the note
+    lists G_bar's degeneracy issues, if any)."""
     if not needs_reference(series):
         return series.truth, ""
     if closest is None:
         from .fit import closest_measure as closest
-    options = {"design": exp.design, "bounds": exp.bounds, **exp.reference}
+    space = {"expert_min": series.options["expert_min"]} if series.options.get("expert_min") else {}
+    options = {"design": exp.design, "bounds": exp.bounds, **space, **exp.reference}
     with warnings.catch_warnings(), threadpool_limits(limits=1):
         warnings.simplefilter("ignore")  # degeneracy is recorded in the rows instead
         result = closest(series.spec, series.truth, series.k, **options)
@@ -232,7 +234,8 @@ def _say(message: str) -> None:
 
 
 class UnboundedSigmoidWarning(UserWarning):
-    """A sigmoid series fitted without a parameter box: its fits can run off or grow null atoms."""
+    """A sigmoid series fitted without a parameter box, or over-specified without a floor on the expert's size:
+    its fits can run off or end with null atoms."""
 
 
 def _unbounded_blocks(series: Series) -> list[str]:
@@ -251,6 +254,29 @@ def _unbounded_blocks(series: Series) -> list[str]:
     ends = {"bias": 0, "gate": slice(None), "expert": slice(None)}  # the bias needs a lower bound only
     return [block for block, which in ends.items()
             if not np.all(np.isfinite(np.asarray(bounds.get(block, (-np.inf, np.inf)), float)[which]))]
+
+
+def _misses_null_free_space(series: Series) -> bool:
+    """Whether an over-specified sigmoid least-squares series (either regime) lacks `LeastSquares.expert_min`: a
+    spare atom can then become null (expert ~ 0), and the regime-2 target G_bar is not attained (THEORY.md s1)."""
+    return (series.spec.gate_family.regime(series.truth) is not None and series.method == "lse"
+            and series.k > series.truth.k and not series.options.get("expert_min"))
+
+
+def _warn_unbounded_sigmoid(exp: Experiment) -> None:
+    """Warn, per series, about sigmoid fits that can run off or end with null atoms."""
+    for series in exp.series:
+        blocks = _unbounded_blocks(series)
+        if blocks:
+            warnings.warn(f"series {series.name}: a sigmoid gate fitted without finite bounds on {blocks}; its fits "
+                          f"can run off or end with null atoms (arbitrary parameters), which makes per-atom errors "
+                          f"meaningless. Set estimator.options.bounds, e.g. {{ bias = [-2.944, 20], gate = [-20, 20], "
+                          f"expert = [-20, 20] }} (weights >= 0.05)", UnboundedSigmoidWarning, stacklevel=3)
+        if _misses_null_free_space(series):
+            warnings.warn(f"series {series.name}: an over-specified sigmoid fit without a parameter space free of "
+                          f"null atoms; a spare atom can end with expert ~ 0, which makes its errors meaningless and "
+                          f"leaves G_bar (regime 2) unattained. Set estimator.options.expert_min (e.g. 0.1, a floor "
+                          f"on the expert's size) and a bias lower bound", UnboundedSigmoidWarning, stacklevel=3)
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -359,8 +385,8 @@ def run_sweep(exp: Experiment, out, n_jobs: int = 1, backend: str = "loky", sche
     pool, store, lock and resume.
 
     Order: argument checks and warnings, the folder's lock (a second run into `out` fails here), the check of
-    what `out` holds, the reference measures G_bar (once per series, on the workers), then the manifest and
-    the fits. SIGTERM stops the workers and exits with status 143.
+    what `out` holds, the reference measures G_bar (once per series, in this process: the workers get it with
+    their tasks), then the manifest and the fits. SIGTERM stops the workers and exits with status 143.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not allowed; choose one of {', '.join(BACKENDS)}")
@@ -369,28 +395,23 @@ def run_sweep(exp: Experiment, out, n_jobs: int = 1, backend: str = "loky", sche
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
         raise ValueError(f"n_jobs must be a positive integer, got {n_jobs!r}")
     moe = isinstance(exp, Experiment)  # else an AttentionExperiment: its own task function, no G_bar
-    for series in exp.series if moe else ():
-        blocks = _unbounded_blocks(series)
-        if blocks:
-            warnings.warn(f"series {series.name}: a sigmoid gate fitted without finite bounds on {blocks}; its fits "
-                          f"can run off or end with null atoms (arbitrary parameters), which makes per-atom errors "
-                          f"meaningless. Set estimator.options.bounds, e.g. {{ bias = [-2.944, 20], gate = [-20, 20], "
-                          f"expert = [-20, 20] }} (weights >= 0.05)", UnboundedSigmoidWarning, stacklevel=2)
+    if moe:
+        _warn_unbounded_sigmoid(exp)
     out = Path(out)
     with store.run_lock(out, f"{exp.name} ({' '.join(sys.argv)})"), _terminate_as_exit():
         entropy, new_manifest = _check_out(exp, out)
         done = store.finished_tasks(out)
         todo = [t for t in (make_tasks(exp) if tasks is None else tasks) if t.id not in done]
+        wanted = sorted({t.series_index for t in todo if moe and needs_reference(exp.series[t.series_index])})
+        references = {}
+        if wanted:
+            _say(f"{exp.name}: computing the reference measure G_bar (closest_measure) of "
+                 f"{', '.join(exp.series[i].name for i in wanted)}, once per series in this process, before the fits")
+        with _bar(len(wanted), f"{exp.name} G_bar", "series", progress) as bar:
+            for i in wanted:
+                references[i] = reference_measure(exp, exp.series[i], closest_fn)
+                bar.update()
         with _pool(backend, n_jobs, scheduler) as run:
-            wanted = sorted({t.series_index for t in todo if moe and needs_reference(exp.series[t.series_index])})
-            references = {}
-            if wanted:
-                _say(f"{exp.name}: computing the reference measure G_bar (closest_measure) of "
-                     f"{', '.join(exp.series[i].name for i in wanted)}, once per series, before the fits")
-            with _bar(len(wanted), f"{exp.name} G_bar", "series", progress) as bar:
-                for s_i, ref in run([(i, reference_measure, (exp, exp.series[i], closest_fn)) for i in wanted]):
-                    references[s_i] = ref
-                    bar.update()
             if new_manifest:
                 store.write_manifest(out, exp.raw, exp.fingerprint(), entropy,
                                      {"experiment": exp.name, "quick": exp.quick,

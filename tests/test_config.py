@@ -112,6 +112,13 @@ def test_shared_data_needs_the_same_regression_function():
      "'series\\[0\\].estimator.options': estimator option\\(s\\) \\['ftol_n'\\] = \\[1e-06\\] not allowed"),
     ({"estimator": {"method": "em", "options": {"polish": "yes"}}}, "EM.polish = 'yes' is not allowed"),
     ({"estimator": {"options": {"search": {"hits": 0}}}}, "Search.hits = 0 is not allowed"),
+    ({"estimator": {"options": {"expert_min": -0.1}}}, "'series\\[0\\].estimator.options': LeastSquares.expert_min = "
+                                                       "-0.1 is not allowed"),
+    ({"estimator": {"options": {"expert_min": 1.0, "bounds": {"expert": [-0.5, 0.5]}}}},
+     "expert_min = 1.0 is not allowed with expert bounds \\[-0.5, 0.5\\]"),
+    ({"model": {"gate": "sigmoid", "expert": "tanh"}, "reference": {"expert_min": 0.1},
+      "estimator": {"options": {"expert_min": 0.2}}},
+     "'series\\[0\\].estimator.options.expert_min' = 0.2 .*reference.expert_min = 0.1"),
     ({"estimator": {"init": "near_truth"}}, "'series\\[0\\].estimator.init' = 'near_truth' .*bias the rates"),
     ({"allow_large_n": "yes"}, "'allow_large_n' = 'yes'"),
     ({"target": "gbar"}, "'series\\[0\\].target' = 'gbar' .*auto, truth"),

@@ -139,6 +139,19 @@ def test_split_starts_add_one_atom_and_keep_the_split_atoms_weight(gate):
     assert len(split_starts(spec, fewer, rng=3, count=4)) == 4
 
 
+def test_split_starts_with_both_signs_add_an_atom_of_the_opposite_expert_sign():
+    spec = ms.MoESpec(gate="sigmoid", expert="scaled_tanh")
+    fewer = ms.MixingMeasure(bias=[0.0, 1.0], gate=[[2.0], [-1.0]], expert=[[0.5, 3.0], [-1.0, 2.0]])
+    plain = split_starts(spec, fewer, rng=3)
+    both = split_starts(spec, fewer, rng=3, both_signs=True)
+    assert len(both) == len(plain) + fewer.k  # one sign split per atom
+    pairs = {tuple(s.expert[-2:].ravel()) for s in both}  # the split atom's two copies come last
+    for eta_2, eta_1 in fewer.expert:  # the scale eta_2 is the size coordinate: its sign flips, eta_1 stays
+        assert (eta_2, eta_1, -eta_2, eta_1) in pairs, "each atom split into both signs"
+    for s in both:  # the split atom's weight is kept
+        np.testing.assert_allclose(spec.weights(s.bias).sum(), spec.weights(fewer.bias).sum(), rtol=1e-12)
+
+
 def test_merge_starts_keep_k_and_merge_the_closest_pair():
     spec = ms.MoESpec(gate="softmax", expert="tanh")
     close = ms.MixingMeasure(bias=[0.0, 0.1, 500.0], gate=[[3.0], [3.1], [-2.0]],

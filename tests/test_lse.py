@@ -7,7 +7,8 @@ import moe_sim as ms
 from moe_sim.fit import LeastSquares, closest_measure, fit
 from moe_sim.fit.gbar import DegenerateGBarWarning
 from moe_sim.fit.init import initial_measures
-from moe_sim.fit.lse import RSSObjective
+from moe_sim.fit.lse import RSSObjective, null_free_box
+from moe_sim.model import Features, forward
 
 
 def lse_fit(spec, X, y, k, starts, **options):
@@ -204,6 +205,93 @@ def test_closest_measure_bad_arguments():
         closest_measure(TANH, G_TANH, 2, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="weight_min"):
         closest_measure(TANH, G_TANH, 2, weight_min=0.0)
+
+
+# Parameter spaces without null atoms (THEORY.md s1): weights >= 0.05 (the bias floor), sizes >= expert_min
+SCALED = ms.MoESpec(gate="sigmoid", expert="scaled_tanh")
+WEIGHT_FLOOR = {"bias": [-2.944, 20.0], "gate": [-20.0, 20.0], "expert": [-20.0, 20.0]}
+# sigmoid_vs_softmax.toml's regime-2 truth (k* = 2)
+G_R2 = ms.MixingMeasure(bias=[0.0, 0.0], gate=[[3.0], [-3.0]], expert=[[1.0, 4.0], [-1.0, -3.0]])
+
+
+@pytest.mark.parametrize("bad", [-0.1, np.inf, "0.1", True])
+def test_expert_min_is_checked_when_the_estimator_is_built(bad):
+    with pytest.raises(ValueError, match=f"LeastSquares.expert_min = {bad!r} is not allowed"):
+        LeastSquares(expert_min=bad)
+
+
+def test_expert_min_needs_room_in_the_expert_bounds():
+    with pytest.raises(ValueError, match="expert_min = 1.0 is not allowed with expert bounds \\[-0.5, 0.5\\]"):
+        LeastSquares(expert_min=1.0, bounds={"expert": (-0.5, 0.5)})
+    LeastSquares(expert_min=1.0, bounds={"expert": (0.0, 5.0)})  # positive sizes only: allowed
+
+
+def test_the_size_coordinate_is_the_scale_of_a_scaled_expert_and_the_largest_slope_of_an_affine_one():
+    assert SCALED.expert_family.size_index(np.array([[0.2, 5.0], [-3.0, 1.0]])).tolist() == [0, 0]
+    affine = ms.MoESpec(expert="tanh", d=2).expert_family
+    assert affine.size_index(np.array([[9.0, 0.5, -2.0], [0.1, 3.0, 1.0]])).tolist() == [2, 1]  # never b
+
+
+def test_null_free_box_bounds_each_scale_away_from_zero_with_the_start_sign():
+    G = ms.MixingMeasure(bias=[0.0, 0.0], gate=[[1.0], [1.0]], expert=[[0.01, 5.0], [-0.02, 5.0]])
+    low, high = null_free_box(SCALED, G, None, 0.1)
+    scales, slopes = [4, 6], [5, 7]  # to_vector layout: 2 biases, 2 gates, then [eta_2, eta_1] per atom
+    np.testing.assert_array_equal(low[scales], [0.1, -np.inf])
+    np.testing.assert_array_equal(high[scales], [np.inf, -0.1])
+    assert np.all(np.isinf(low[slopes])) and np.all(np.isinf(high[slopes]))
+    positive_only = (np.full(8, -np.inf), np.full(8, np.inf))
+    positive_only[0][scales] = 0.0
+    low, _ = null_free_box(SCALED, G, positive_only, 0.1)
+    np.testing.assert_array_equal(low[scales], [0.1, 0.1])  # a sign with no room in the box takes the other
+
+
+def test_fits_with_expert_min_keep_every_scale_and_certify_fits_on_the_bound():
+    G = ms.MixingMeasure(bias=[0.5, -0.5], gate=[[2.0], [-2.0]], expert=[[1.0, 2.0], [-0.3, -3.0]])
+    X, y = ms.sample(SCALED, G, 500, rng=1, noise_sd=0.1)
+    searched = fit(SCALED, X, y, 2, init={"kmeans": 2, "random": 2, "split": 2}, rng=0, bounds=WEIGHT_FLOOR,
+                   expert_min=0.5)
+    assert searched.certified
+    ends = [start.measure for start in searched.starts if start.measure is not None]
+    assert len(ends) == len(searched.starts) and all(np.all(np.abs(end.expert[:, 0]) >= 0.5) for end in ends)
+    # the unconstrained fit from the truth ends at scales 0.94 and -4.6: a floor of 1.5 holds both on the bound,
+    # and the projected gradient still certifies the fit there
+    held = LeastSquares(bounds=WEIGHT_FLOOR, expert_min=1.5).fit_starts(SCALED, X, y, 2, [("truth", G)])
+    np.testing.assert_allclose(np.abs(held.measure.expert[:, 0]), 1.5)
+    assert held.converged and held.stop == "gradient"
+
+
+def test_a_regime_2_fit_that_ends_with_a_null_atom_has_none_with_expert_min():
+    """tanh(a x + b) experts, sigmoid regime 2, k = 3 > k* = 2, from G* plus a null atom (expert 1e-3). With
+    |a| >= expert_min an expert reaches at least tanh(expert_min max|x|) in magnitude on the design (at x = +-max|x|,
+    a x + b = b +- |a| max|x|): that is the line between null and not."""
+    spec = ms.MoESpec(gate="sigmoid", expert="tanh")
+    X, y = ms.sample(spec, G_R2, 1000, rng=0, noise_sd=0.001)
+    start = ms.MixingMeasure(bias=[0.0, 0.0, 0.0], gate=[[3.0], [-3.0], [1.0]],
+                             expert=[[1.0, 4.0], [-1.0, -3.0], [1e-3, 1e-3]])
+    floor = np.tanh(0.1 * np.max(np.abs(X)))
+
+    def smallest_expert(expert_min):
+        estimator = LeastSquares(bounds=WEIGHT_FLOOR, expert_min=expert_min)
+        G = estimator.fit_starts(spec, X, y, 3, [("null", start)]).measure
+        return np.min(np.max(np.abs(forward(spec, G, Features.of(spec, X)).h), axis=1))
+
+    assert smallest_expert(0.0) < floor / 5, "the unconstrained fit keeps the null atom"
+    assert smallest_expert(0.1) >= floor * (1 - 1e-9)
+
+
+def test_g_bar_in_a_space_without_null_atoms_has_more_than_k_star_non_null_atoms():
+    """Issue 11's done-when: sigmoid regime 2 (k* = 2, k = 3), scaled tanh experts, whose size is the scale eta_2.
+    An atom counts as non-null when its mean |g_i h_i| on the design exceeds 1% of sd(f_G*)."""
+    gbar = closest_measure(SCALED, G_R2, 3, n=2000, n_starts=1, rng=0, weight_min=0.05, expert_min=0.1)
+    G = gbar.measure
+    assert G.k == 3 and np.all(SCALED.weights(G.bias) >= 0.05 * (1 - 1e-9))
+    assert np.all(np.abs(G.expert[:, 0]) >= 0.1 * (1 - 1e-9))
+    X = np.linspace(-1, 1, 2001)[:, None]
+    fw = forward(SCALED, G, Features.of(SCALED, X))
+    contribution = np.mean(np.abs(fw.g * fw.h), axis=1)
+    assert np.sum(contribution > 0.01 * np.std(ms.regression_function(SCALED, G_R2, X))) > G_R2.k
+    # experts linear in eta_2 are not misspecified: this G_bar reproduces f_G* (excess risk 0 up to the solver)
+    assert gbar.excess_risk < 1e-10 * np.var(ms.regression_function(SCALED, G_R2, X))
 
 
 def test_initial_measures_shared_with_fit():

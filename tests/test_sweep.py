@@ -1,6 +1,7 @@
 """The sweep engine: seeding by address, bit-identical results across workers and backends, resume."""
 
 import functools
+import os
 import re
 import time
 from types import SimpleNamespace
@@ -28,6 +29,10 @@ TINY = {
     "eval_n": 200,
     "noise_sd": 0.1,
 }
+
+
+# A parameter space without null atoms for sigmoid fits: every parameter in [-20, 20], expert sizes >= 0.1
+NULL_FREE = {"bounds": 20.0, "expert_min": 0.1}
 
 
 def fake_fit(spec, X, y, k, method, init, n_starts, rng, G_true, fail_prob=0.0, **options):
@@ -139,10 +144,11 @@ def test_sigmoid_regime_2_losses_are_taken_against_g_bar(tmp_path):
         return FitResult(g_bar, 1.0, 1, True, 0.0, "lse", truth_objective=1.0)
 
     exp = parse_config({**TINY, "model": {"gate": "sigmoid", "expert": "tanh"}, "k": 3, "replicates": 2,
-                        "n": [50, 100], "reference": {"n": 500}, "estimator": {"options": {"bounds": 20.0}},
+                        "n": [50, 100], "reference": {"n": 500}, "estimator": {"options": NULL_FREE},
                         "truth": {"bias": [0.0, 0.0], "gate": [[2.0], [-1.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]}})
     rows = store.load_results(run_sweep(exp, tmp_path, fit_fn=fit_g_bar, closest_fn=fake_closest, progress=False))
-    assert calls == [{"design": "uniform", "bounds": (-1.0, 1.0), "n": 500}], "G_bar once per series, not per task"
+    # G_bar once per series, not per task, in the space the fits search (the estimator's expert_min)
+    assert calls == [{"design": "uniform", "bounds": (-1.0, 1.0), "expert_min": 0.1, "n": 500}]
     np.testing.assert_allclose(rows[rows.quantity == "loss"].value, 0.0, atol=1e-12)
     assert rows.reason.str.contains("G_bar degenerate: atom 2: null atom").all()
     # the regression-function error is still against the truth's f_G*, which G_bar does not reproduce
@@ -171,12 +177,12 @@ def test_unbounded_sigmoid_series_warn_before_the_run(tmp_path):
 def test_progress_from_the_start_with_a_message_for_g_bar(tmp_path, capsys):
     g_bar = MixingMeasure([0.0, 0.0, -2.0], [[3.0], [-3.0], [1.0]], [[1.0, 2.0], [-1.0, -1.0], [0.2, 0.3]])
     exp = parse_config({**TINY, "model": {"gate": "sigmoid", "expert": "tanh"}, "k": 3, "replicates": 2,
-                        "n": [50, 100], "estimator": {"options": {"bounds": 20.0}},
+                        "n": [50, 100], "estimator": {"options": NULL_FREE},
                         "truth": {"bias": [0.0, 0.0], "gate": [[2.0], [-1.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]}})
     closest = lambda *args, **kwargs: SimpleNamespace(measure=g_bar, degenerate=False, issues=())  # noqa: E731
     run_sweep(exp, tmp_path, fit_fn=fake_fit, closest_fn=closest, progress=True)
     err = capsys.readouterr().err
-    assert "computing the reference measure G_bar (closest_measure) of default/k=3" in err
+    assert "G_bar (closest_measure) of default/k=3, once per series in this process, before the fits" in err
     assert "tiny: 100%" in err and "4/4" in err, "the bar counts fits"
 
 
@@ -185,3 +191,33 @@ def test_the_bar_ticks_while_no_task_finishes(capsys):
     with _bar(3, "tiny", "fit", progress=True):
         time.sleep(2.5)
     assert re.search(r"tiny:   0%\| +\| 0/3 \[00:01<", capsys.readouterr().err), "redrawn at 1 s, not only at the end"
+
+
+def _g_bar_in_this_process(pids, spec, G_true, k, **options):
+    """A closest_measure double that records the process it runs in."""
+    pids.append(os.getpid())
+    return SimpleNamespace(measure=G_true.subset([0, 1, 1]), degenerate=False, issues=())
+
+
+def test_g_bar_is_computed_once_per_series_in_the_main_process(tmp_path):
+    pids = []
+    sigmoid = {"model": {"gate": "sigmoid", "expert": "tanh"}, "estimator": {"options": NULL_FREE},
+               "truth": {"bias": [0.0, 0.0], "gate": [[2.0], [-1.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]}}
+    exp = parse_config({**TINY, "k": 3, "replicates": 2, "chunk": 1, "n": [50, 100],
+                        "series": [{"label": "a", **sigmoid}, {"label": "b", **sigmoid}]})
+    run_sweep(exp, tmp_path, n_jobs=2, fit_fn=fake_fit, closest_fn=functools.partial(_g_bar_in_this_process, pids),
+              progress=False)
+    assert pids == [os.getpid(), os.getpid()], "one G_bar per series, none on the workers"
+
+
+def test_over_specified_sigmoid_series_without_expert_min_warn(tmp_path):
+    raw = {**TINY, "model": {"gate": "sigmoid", "expert": "tanh"}, "k": 3,
+           "truth": {"bias": [0.0, 0.0], "gate": [[0.0], [2.0]], "expert": [[0.5, 1.0], [-0.5, -1.0]]}}
+    with pytest.warns(UnboundedSigmoidWarning, match="default/k=3: an over-specified sigmoid fit without a parameter "
+                                                     "space free of null atoms.* estimator.options.expert_min"):
+        run_sweep(parse_config({**raw, "estimator": {"options": {"bounds": 20.0}}}), tmp_path / "a", fit_fn=fake_fit,
+                  tasks=[], progress=False)
+    run_sweep(parse_config({**raw, "estimator": {"options": NULL_FREE}}), tmp_path / "b", fit_fn=fake_fit, tasks=[],
+              progress=False)  # no warning: filterwarnings = error would fail the test
+    exact = parse_config({**raw, "k": 2, "estimator": {"options": {"bounds": 20.0}}})
+    run_sweep(exact, tmp_path / "c", fit_fn=fake_fit, tasks=[], progress=False)  # no spare atom, no warning

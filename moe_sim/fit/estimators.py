@@ -108,6 +108,11 @@ class Estimator:
         screen_size(self.screen, 1)
         _check_int(type(self).__name__, "keep", self.keep, 1)
 
+    @property
+    def keeps_expert_signs(self) -> bool:
+        """Whether each local fit keeps its start's expert signs (then split starts try both signs)."""
+        return False
+
     def check_spec(self, spec: MoESpec) -> None:
         raise NotImplementedError
 
@@ -198,7 +203,7 @@ class Estimator:
         starts = initial_measures(spec, X, y, k, drawn, rng=rng, G_true=G_true, method=self.method,
                                   **(init_options or {})) if drawn else []
         if plan.get("split") and fewer is not None:  # a Gaussian chain fit carries variances, and so its splits
-            starts += [("split", G) for G in split_starts(spec, fewer, rng, plan["split"])]
+            starts += [("split", G) for G in split_starts(spec, fewer, rng, plan["split"], self.keeps_expert_signs)]
         best = self.best_start(records)
         if plan.get("merge") and round_ > 0 and best is not None:
             starts += [("merge", G) for G in merge_starts(spec, best.measure, rng, plan["merge"])]
@@ -242,19 +247,34 @@ class Estimator:
         return result
 
 
+def _expert_interval(bounds) -> tuple[float, float]:
+    """The (low, high) that a number or a table of blocks puts on every expert parameter; (-inf, inf) for
+    None or per-parameter arrays (those are checked per start, by `lse.null_free_box`)."""
+    if isinstance(bounds, dict):
+        low, high = np.broadcast_to(np.asarray(bounds.get("expert", (-np.inf, np.inf)), dtype=float), (2,))
+        return float(low), float(high)
+    if bounds is not None and np.isscalar(bounds):
+        return -float(bounds), float(bounds)
+    return -np.inf, np.inf
+
+
 @dataclass(frozen=True)
 class LeastSquares(Estimator):
     """Least squares for the regression MoE (`moe_sim.fit.lse`): L-BFGS-B until ||P grad F||_inf / F <= tol
     (or the Gauss-Newton decrement is below 1e-3 sigma^2).
 
     bounds: None, a positive number, a table of blocks or a (lower, upper) pair (`lse.box`); max_iter:
-    L-BFGS-B iterations per local fit; maxcor: its memory.
+    L-BFGS-B iterations per local fit; maxcor: its memory. expert_min > 0: every atom's expert size (outer
+    scale eta_2 of a scaled expert, largest slope of an affine one) stays at least expert_min in magnitude, with
+    the sign of its start (`lse.null_free_box`); with a bias lower bound (a weight floor) this is the parameter
+    space without null atoms that sigmoid regime 2 needs (THEORY.md s1), the one `closest_measure` uses for G_bar.
     """
 
     tol: float = 1e-7
     max_iter: int = 5000
     bounds: object = None
     maxcor: int = 20
+    expert_min: float = 0.0
 
     method: ClassVar[str] = "lse"
     sense: ClassVar[float] = 1.0
@@ -265,6 +285,15 @@ class LeastSquares(Estimator):
         _check_int("LeastSquares", "max_iter", self.max_iter, 1)
         _check_int("LeastSquares", "maxcor", self.maxcor, 1)
         lse.check_bounds(self.bounds)
+        if not (_is_real(self.expert_min) and np.isfinite(self.expert_min) and self.expert_min >= 0):
+            raise ValueError(f"LeastSquares.expert_min = {self.expert_min!r} is not allowed: expected a finite number "
+                             f">= 0 (0: no lower bound on the expert's size)")
+        if self.expert_min > 0:
+            lse.check_expert_room(self.expert_min, *_expert_interval(self.bounds))
+
+    @property
+    def keeps_expert_signs(self):
+        return self.expert_min > 0
 
     def check_spec(self, spec):
         if spec.likelihood != "regression":
@@ -272,7 +301,7 @@ class LeastSquares(Estimator):
 
     def solve(self, spec, X, y, k, starts, tol):
         return lse.solve(spec, X, y, k, starts, bounds=self.bounds, tol=tol, max_iter=self.max_iter,
-                         maxcor=self.maxcor)
+                         maxcor=self.maxcor, expert_min=self.expert_min)
 
     def objective(self, spec, X, y, G):
         return lse.RSSObjective(spec, X, y, G.k).rss(G)

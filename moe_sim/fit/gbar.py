@@ -2,11 +2,13 @@
 
 Computed by least squares (`trf_fit`: Gauss-Newton, relative tolerances) on a large noise-free design,
 inside a compact parameter space that excludes null atoms (THEORY.md s1): every weight sigmoid(c) >=
-weight_min, every expert's size (the largest slope coordinate of an affine expert, the largest coefficient
-otherwise) >= expert_min in absolute value, every parameter in [-param_max, param_max]. The expert-size bound
-is not a box, so each start keeps the sign of its largest coordinate and bounds that coordinate away from
-zero. G_bar then often lies on that boundary and depends on it: the result lists every parameter on an
-active bound and every null atom (`issues`), and warns.
+weight_min, every expert's size (`ExpertFamily.size_index`: the outer scale eta_2 of a scaled expert, the
+largest slope of an affine one, the largest coefficient otherwise) >= expert_min in absolute value, every
+parameter in [-param_max, param_max]. The expert-size bound is not a box, so each start keeps the sign of its
+size coordinate and bounds it away from zero (`lse.null_free_box`, the same space `LeastSquares(expert_min=...)`
+fits in). G_bar is the best fit among k-atom measures of that space, so none of its atoms is null; it often
+lies on the boundary and depends on it: the result lists every parameter on an active bound and every atom
+whose contribution is still negligible (`issues`), and warns.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..measure import MixingMeasure, MoESpec
 from ..model import Features, forward
 from ..sample import draw_design
 from .init import initial_measures
-from .lse import trf_fit
+from .lse import null_free_box, trf_fit
 from .result import FitResult
 
 
@@ -49,24 +51,12 @@ def _freeze(G: MixingMeasure) -> tuple:
     return tuple(G.bias.tolist()), tuple(map(tuple, G.gate.tolist())), tuple(map(tuple, G.expert.tolist()))
 
 
-def _size_index(spec: MoESpec, expert: np.ndarray) -> np.ndarray:
-    """Per atom, the expert coordinate whose magnitude measures the expert's size."""
-    offset = 1 if spec.expert_family.affine and spec.p > 1 else 0
-    return offset + np.argmax(np.abs(expert[:, offset:]), axis=1)
-
-
 def _start_bounds(spec, G0, weight_min, expert_min, param_max):
-    k = G0.k
-    low = np.full(k * (1 + spec.q + spec.p), -param_max)
-    high = -low
-    low[:k] = max(logit(weight_min), -param_max)
-    cols = _size_index(spec, G0.expert)
-    flat = k * (1 + spec.q) + np.arange(k) * spec.p + cols
-    sign = np.sign(G0.expert[np.arange(k), cols])
-    sign[sign == 0] = 1.0
-    low[flat] = np.where(sign > 0, expert_min, -param_max)
-    high[flat] = np.where(sign > 0, param_max, -expert_min)
-    return low, high
+    """The space without null atoms around start G0: weights >= weight_min, |size| >= expert_min with G0's signs."""
+    size = G0.k * (1 + spec.q + spec.p)
+    low, high = np.full(size, -param_max), np.full(size, param_max)
+    low[:G0.k] = max(logit(weight_min), -param_max)
+    return null_free_box(spec, G0, (low, high), expert_min)
 
 
 def _issues(spec, G, lim, X, f_true, weight_min, expert_min, null_tol) -> list[str]:

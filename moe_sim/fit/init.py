@@ -14,7 +14,8 @@ carry variances (the residual variance of the start's regression function, or th
   follows the data), gates drawn at the scale of the gate features.
 - ``split`` (truth-free, k >= 2): from the best fit with k - 1 atoms (itself reached from fewer: the global
   search fits the chain), one atom is split in two along its gate, its expert or its weight, the classic
-  route to the optima of over-specified mixtures (greedy and split-and-merge EM).
+  route to the optima of over-specified mixtures (greedy and split-and-merge EM); for fits that keep each
+  start's expert sign, also into two atoms of opposite expert signs.
 - ``merge`` (truth-free, k >= 3, from the second round of a search on): the reverse move on the best k-atom
   fit so far: its two closest atoms merged, another atom split along its expert.
 
@@ -219,15 +220,26 @@ SPLIT_DIRECTIONS = ("gate", "expert", "weight")
 _SPLIT_STEP = 0.25  # split size, relative to 1 + the size of the parameter block
 
 
-def split_starts(spec: MoESpec, G_fewer: MixingMeasure, rng, count: int | None = None) -> list[MixingMeasure]:
+def split_starts(spec: MoESpec, G_fewer: MixingMeasure, rng, count: int | None = None,
+                 both_signs: bool = False) -> list[MixingMeasure]:
     """Measures with one more atom than G_fewer: each atom in turn split along its gate, its expert and its
-    weight (two copies with shares 0.7 / 0.3), in a random order; the first `count` (all when None)."""
+    weight (two copies with shares 0.7 / 0.3), in a random order; the first `count` (all when None).
+
+    both_signs: also split each atom into shares 0.7 / 0.3 whose expert sizes (`ExpertFamily.size_index`)
+    have opposite signs, for fits that keep each start's sign (`LeastSquares.expert_min`) and so cannot
+    reach an opposite-signed atom from the other splits."""
     rng = np.random.default_rng(rng)
     gate = spec.gate_family
+    sizes = spec.expert_family.size_index(G_fewer.expert)
     out = []
     for i in range(G_fewer.k):
         c, beta, eta = G_fewer.bias[i], G_fewer.gate[i], G_fewer.expert[i]
         half = gate.scaled_bias(c, 0.5)
+        if both_signs:
+            flipped = eta.copy()
+            flipped[sizes[i]] *= -1.0
+            out.append(_with_atom(G_fewer, i, (gate.scaled_bias(c, 0.7), beta, eta),
+                                  (gate.scaled_bias(c, 0.3), beta, flipped)))
         for direction in SPLIT_DIRECTIONS:
             db = _direction(beta.shape, rng, _SPLIT_STEP * (1 + np.linalg.norm(beta)))
             de = _direction(eta.shape, rng, _SPLIT_STEP * (1 + np.linalg.norm(eta)))

@@ -15,7 +15,8 @@ Box bounds stop runaway fits (saturated tanh experts, cancelling linear experts)
 (unconstrained: the estimator the theory studies), a number B (every parameter in [-B, B]), a dict
 {block: (low, high)} over the blocks "bias", "gate", "expert" (missing blocks unconstrained), or a pair
 (lower, upper) of arrays in `MixingMeasure.to_vector` layout (what `closest_measure` uses). Starts are
-clipped into the box.
+clipped into the box. `expert_min` adds the expert-size half of a parameter space without null atoms
+(THEORY.md s1; the weight half is a lower bound on the bias): per start, a sign-split box (`null_free_box`).
 """
 
 from __future__ import annotations
@@ -127,6 +128,35 @@ def box(spec: MoESpec, k: int, bounds) -> tuple[np.ndarray, np.ndarray] | None:
     if np.any(np.isnan(low)) or np.any(np.isnan(high)) or np.any(low > high):
         raise ValueError(f"bounds must satisfy low <= high everywhere, got {bounds!r}")
     return low, high
+
+
+def null_free_box(spec: MoESpec, G: MixingMeasure, lim, expert_min: float) -> tuple[np.ndarray, np.ndarray]:
+    """The box `lim` (None: unbounded) with each atom's expert size kept at least expert_min in magnitude.
+
+    The size coordinate is `ExpertFamily.size_index` of G's atoms; each keeps the sign G gives it (+ for 0) and
+    is bounded to [expert_min, upper] or [lower, -expert_min], so sign diversity comes from the starts. An atom
+    whose sign leaves no room in `lim` takes the other; a ValueError names expert_min where neither fits."""
+    size = G.k * (1 + spec.q + spec.p)
+    low, high = (np.full(size, -np.inf), np.full(size, np.inf)) if lim is None else (lim[0].copy(), lim[1].copy())
+    atoms = np.arange(G.k)
+    cols = spec.expert_family.size_index(G.expert)
+    flat = G.k * (1 + spec.q) + atoms * spec.p + cols
+    check_expert_room(expert_min, low[flat], high[flat])
+    fits_positive, fits_negative = high[flat] >= expert_min, low[flat] <= -expert_min
+    positive = np.where(G.expert[atoms, cols] >= 0, fits_positive, ~fits_negative)
+    low[flat] = np.where(positive, np.maximum(low[flat], expert_min), low[flat])
+    high[flat] = np.where(positive, high[flat], np.minimum(high[flat], -expert_min))
+    return low, high
+
+
+def check_expert_room(expert_min: float, low, high) -> None:
+    """A ValueError naming expert_min where an interval [low, high] of an expert's size coordinate holds no value
+    of magnitude >= expert_min."""
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    cramped = (high < expert_min) & (low > -expert_min)
+    if np.any(cramped):
+        raise ValueError(f"expert_min = {expert_min!r} is not allowed with expert bounds [{np.min(low[cramped])}, "
+                         f"{np.max(high[cramped])}]: no expert size in them reaches it")
 
 
 def check_bounds(bounds) -> None:
@@ -277,9 +307,10 @@ def _gauss_newton(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: in
 
 
 def solve(spec: MoESpec, X, y, k: int, starts: list[tuple[str, MixingMeasure]], *, bounds, tol: float,
-          max_iter: int, maxcor: int) -> list[StartResult]:
+          max_iter: int, maxcor: int, expert_min: float = 0.0) -> list[StartResult]:
     """A local least-squares fit from each start, as `StartResult`s whose `measure` is the end point (None
-    where non-finite) and objective the RSS."""
+    where non-finite) and objective the RSS. With expert_min > 0 each start is projected into its
+    `null_free_box` and fitted there."""
     lim = box(spec, k, bounds)
     size = k * (1 + spec.q + spec.p)
     obj = RSSObjective(spec, X, y, k)
@@ -287,8 +318,10 @@ def solve(spec: MoESpec, X, y, k: int, starts: list[tuple[str, MixingMeasure]], 
     with single_threaded_blas(), np.errstate(all="ignore"):
         for name, G in starts:
             theta = G.to_vector()[:size]
+            start_lim = null_free_box(spec, G, lim, expert_min) if expert_min > 0 else lim
             try:
-                end = minimise(obj, theta if lim is None else np.clip(theta, *lim), lim, tol, max_iter, maxcor)
+                end = minimise(obj, theta if start_lim is None else np.clip(theta, *start_lim), start_lim, tol,
+                               max_iter, maxcor)
             except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:  # a row, never a crash
                 end = LocalFit(theta, np.nan, np.nan, 0, "", f"{type(exc).__name__}: {exc}")
             finite = np.isfinite(end.value)
