@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from moe_sim.config import Series, load_config, parse_config
-from moe_sim.sweep import _unbounded_blocks, needs_reference
+from moe_sim.sweep import _misses_null_free_space, _unbounded_blocks, needs_reference
 
 BASE = {
     "name": "tiny",
@@ -168,6 +168,7 @@ def test_shipped_experiments_parse(path):
     assert full.seed is not None, "shipped experiments are reproducible: they fix their seed"
     moe_series = [s for s in full.series + quick.series if isinstance(s, Series)]  # attention: no MoE fits
     assert not [s.name for s in moe_series if _unbounded_blocks(s)], "sigmoid fits are bounded"
+    assert not [s.name for s in moe_series if _misses_null_free_space(s)], "over-specified sigmoid fits set expert_min"
 
 
 def test_target_truth_measures_a_regime_2_sigmoid_fit_against_g_star():
