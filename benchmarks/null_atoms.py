@@ -1,6 +1,6 @@
 """Null atoms in over-specified sigmoid regime-2 fits, with and without `LeastSquares.expert_min` (issue 11).
 
-The truth is sigmoid_vs_softmax.toml's r2 truth (k* = 2), fitted with k = 3 as that config's sweep fits it
+The truth is the regime-2 truth of the former sigmoid_vs_softmax.toml (k* = 2), fitted with k = 3 as its sweep fitted it
 (default starts with the truth given, 2 per strategy, weights >= 0.05 by the bias floor, one round of starts).
 An atom's reach is max |h_i(x)| on the sample relative to tanh(0.1 max|x|), the least an expert tanh(a x + b)
 with |a| >= 0.1 reaches there; an atom is null when its reach is below 0.2.
