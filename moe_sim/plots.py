@@ -135,91 +135,33 @@ def plot_experiment(rows: pd.DataFrame, exp: Experiment, out_dir, quantities=Non
     return _save(fig, out_dir, exp.name)
 
 
-def plot_overlay(rows: pd.DataFrame, exp, out_dir, stat: str | None = None,
-                 rates: pd.DataFrame | None = None) -> list[Path]:
-    """The papers' shape: one log-log panel per quantity (the config allows four), every series on the same axes
-    with its statistic per n, a 95% bootstrap band and its fitted slope and interval in the legend. A per-head
-    quantity shows the first head, pooled over cell sizes; series with more student heads are dashed, in the
-    colours of the series of fewer heads listed in the same order."""
-    stat = stat or exp.stat
-    quantities = [q for q in exp.quantities if q in set(rows.quantity)]
-    if not quantities:
-        raise ValueError(f"none of the quantities {list(exp.quantities)} is in the results")
-    rows = rows[rows.quantity.isin(quantities)]
-    summary = summarize(rows, stat)
-    rates = rate_table(rows, exp, stat=stat) if rates is None else rates
-    heads = sorted({s.k for s in exp.series})
-    fig = Figure(figsize=(4.2 * len(quantities), 3.8))
-    axes = fig.subplots(1, len(quantities), squeeze=False)[0]
-    colors = matplotlib.colormaps["tab10"].colors
-    for ax, quantity in zip(axes, quantities):
-        for s_i in sorted(rows.series_index.unique()):
-            part = summary[(summary.series_index == s_i) & (summary.quantity == quantity)]
-            if part.empty:
-                continue
-            part = part[part.true_atom == part.true_atom.min()]
-            part = part[part.cell_size == (-1 if (part.cell_size == -1).any() else part.cell_size.iloc[0])]
-            part = part[part.center > 0].sort_values("n")
-            if part.empty:
-                continue
-            key = part.iloc[0]
-            rate = rates[(rates.series_index == s_i) & (rates.quantity == quantity)
-                         & (rates.true_atom == key.true_atom) & (rates.cell_size == key.cell_size)]
-            label = exp.series[s_i].name
-            if not rate.empty and np.isfinite(rate.iloc[0].slope):
-                r = rate.iloc[0]
-                label += f": slope {r.slope:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
-                if r.get("certified_share", 1.0) < 1:
-                    label += f", {1 - r.certified_share:.0%} uncertified"
-            same_heads = [i for i, s in enumerate(exp.series) if s.k == exp.series[s_i].k]
-            color = colors[same_heads.index(s_i) % len(colors)]  # the i-th series of each head count alike
-            style = "-" if heads.index(exp.series[s_i].k) == 0 else "--"
-            ax.fill_between(part.n, part.ci_low.clip(lower=part.center.min() * 1e-3), part.ci_high, color=color,
-                            alpha=0.15, lw=0)
-            ax.plot(part.n, part.center, "o" + style, color=color, ms=3, lw=1, label=label)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(quantity + (" (head 0)" if quantity.startswith("param:") else ""), fontsize=8)
-        ax.set_xlabel(getattr(exp, "grid_name", "n"), fontsize=8)
-        ax.set_ylabel(f"{stat} (95% CI band)", fontsize=8)
-        ax.tick_params(labelsize=7)
-        if ax.lines:
-            ax.legend(fontsize=5, loc="best")
-        else:
-            ax.text(0.5, 0.5, "no positive values", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(f"{exp.name}: {exp.description}", fontsize=8)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
-    return _save(fig, out_dir, exp.name)
-
-
 def _headline_choice(rates: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
-    """(the rate row a headline curve draws, the row whose prediction guides it) of one (series, quantity,
-    atom): all its replicates (the pooled row where their cell sizes differ), guided by its `dominant_row`."""
+    """(the rate row a curve draws, the row whose prediction guides it) of one (series, quantity, atom): all its
+    replicates (the pooled row where their cell sizes differ), guided by its `dominant_row`."""
     pooled = rates[rates.cell_size < 0]
     guide = dominant_row(rates)
     return (pooled.iloc[0] if not pooled.empty else guide), guide
 
 
-def plot_headline(rows: pd.DataFrame, exp: Experiment, out_dir, stat: str | None = None,
-                  rates: pd.DataFrame | None = None) -> list[Path]:
-    """The figure to paste into a paper: one log-log panel per `analysis.headline` entry (at most four), its
-    series on the same axes, each with its statistic per n, a bootstrap 95% band, the fitted line (slope and
-    interval in the legend) and the predicted rate as a dashed guide through the line's first point."""
-    if not exp.headline:
-        return []
+def plot_overlay(rows: pd.DataFrame, exp, out_dir, panels, basename: str, stat: str | None = None,
+                 rates: pd.DataFrame | None = None) -> list[Path]:
+    """The papers' shape: one log-log panel per entry of `panels` ({quantity, series = [labels], atom}, at most
+    four), its series on the same axes, each with its statistic per n, a bootstrap 95% band, the fitted line
+    (slope, interval and the share of uncertified fits in the legend) and the predicted rate as a dashed guide
+    through the line's first point. Written as `basename`.png/pdf."""
     stat = stat or exp.stat
-    rows = rows[rows.quantity.isin({panel["quantity"] for panel in exp.headline})]
+    rows = rows[rows.quantity.isin({panel["quantity"] for panel in panels})]
     summary = summarize(rows, stat)
     rates = rate_table(rows, exp, stat=stat) if rates is None else rates
-    cols = min(len(exp.headline), 2)
-    nrows = -(-len(exp.headline) // cols)
+    cols = min(len(panels), 2)
+    nrows = -(-len(panels) // cols)
     fig = Figure(figsize=(4.6 * cols, 3.6 * nrows))
     axes = fig.subplots(nrows, cols, squeeze=False).ravel()
     colors = matplotlib.colormaps["tab10"].colors
-    for ax, panel in zip(axes, exp.headline):
+    for ax, panel in zip(axes, panels):
         quantity, atom = panel["quantity"], panel["atom"]
         indices = [i for label in panel["series"] for i, s in enumerate(exp.series) if s.label == label]
+        guides_named = set()  # a prediction shared by several series is named once
         for color, s_i in zip(colors, indices):
             sel = (rates.series_index == s_i) & (rates.quantity == quantity) & (rates.true_atom == atom)
             if not sel.any():
@@ -227,41 +169,67 @@ def plot_headline(rows: pd.DataFrame, exp: Experiment, out_dir, stat: str | None
             drawn, guide = _headline_choice(rates[sel])
             points = summary[(summary.series_index == s_i) & (summary.quantity == quantity)
                              & (summary.true_atom == atom) & (summary.cell_size == drawn.cell_size)
-                             & (summary.center > 0)]
+                             & (summary.center > 0)].sort_values("n")
             if points.empty:
                 continue
-            name = exp.series[s_i].name
             n = points.n.to_numpy(float)
-            ax.fill_between(n, points.ci_low, points.ci_high, color=color, alpha=0.2, lw=0)
+            ax.fill_between(n, points.ci_low.clip(lower=points.center.min() * 1e-3), points.ci_high, color=color,
+                            alpha=0.2, lw=0)
             ax.plot(n, points.center, "o", ms=3.5, color=color)
             if not np.isfinite(drawn.slope):
                 continue
             logc = np.log(points.center.to_numpy())
             line = np.exp(logc.mean() + drawn.slope * (np.log(n) - np.log(n).mean()))
+            uncertified = 1 - drawn.get("certified_share", 1.0)
             ax.plot(n, line, "-", color=color, lw=1.3,
-                    label=f"{name}: slope {drawn.slope:.2f} [{drawn.ci_low:.2f}, {drawn.ci_high:.2f}]")
+                    label=f"{exp.series[s_i].name}: slope {drawn.slope:.2f} [{drawn.ci_low:.2f}, {drawn.ci_high:.2f}]"
+                          + (f", {uncertified:.0%} uncertified" if uncertified > 0 else ""))
             if np.isfinite(guide.get("predicted", np.nan)):
                 shape = n ** -guide.predicted * (np.log(n) ** 0.5 if quantity == "regression_l2" else 1.0)
                 cell = f", cell {guide.cell_size}" if guide.cell_size > 0 else ""
+                name = f"theory {guide.predicted_rate}{cell}"
                 ax.plot(n, line[0] * shape / shape[0], "--", color=color, lw=1,
-                        label=f"theory {guide.predicted_rate}{cell}")
+                        label=name if name not in guides_named else "_nolegend_")
+                guides_named.add(name)
             elif guide.get("predicted_rate", "") not in ("", "no prediction"):
                 ax.plot([], [], " ", label=f"theory: {guide.predicted_rate}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        grid = sorted(set(summary.n[summary.quantity == quantity]))
+        ticks = grid[:: -(-len(grid) // 6)]  # the grid's own values (at most six): a short grid spans no decade
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(quantity + (f", true atom {atom}" if atom >= 0 else ""), fontsize=9)
-        ax.set_xlabel("n", fontsize=8)
+        ax.set_xlabel(getattr(exp, "grid_name", "n"), fontsize=8)
         ax.set_ylabel(f"{stat} (95% band)", fontsize=8)
         ax.tick_params(labelsize=7)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6.5, loc="best")
-    for ax in axes[len(exp.headline):]:
+            ax.legend(fontsize=5.5 if len(indices) > 4 else 6.5, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no positive values", ha="center", va="center", transform=ax.transAxes)
+    for ax in axes[len(panels):]:
         ax.set_visible(False)
     fig.suptitle(f"{exp.name}: {exp.description}", fontsize=8.5)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
-    return _save(fig, out_dir, f"{exp.name}_headline")
+    return _save(fig, out_dir, basename)
+
+
+def plot_headline(rows: pd.DataFrame, exp: Experiment, out_dir, stat: str | None = None,
+                  rates: pd.DataFrame | None = None) -> list[Path]:
+    """The figure to paste into a paper: `plot_overlay` of the config's `analysis.headline` panels, written as
+    NAME_headline (nothing when the config declares none)."""
+    if not exp.headline:
+        return []
+    return plot_overlay(rows, exp, out_dir, exp.headline, f"{exp.name}_headline", stat=stat, rates=rates)
+
+
+def attention_panels(exp: AttentionExperiment, rows: pd.DataFrame) -> list[dict]:
+    """One panel per quantity of an attention experiment, every series on it; a per-head quantity shows the
+    first teacher head."""
+    return [{"quantity": q, "series": [s.label for s in exp.series],
+             "atom": int(rows.true_atom[rows.quantity == q].min()) if q.startswith("param:") else -1}
+            for q in exp.quantities if (rows.quantity == q).any()]
 
 
 def plot_sample_complexity(table: pd.DataFrame, exp: Experiment, out_dir) -> list[Path]:
@@ -301,7 +269,7 @@ def report(results_dir, out_dir, stat: str | None = None, exp: Experiment | None
     rates = rate_table(rows, exp, stat=stat)
     paths = write_table(rates, out_dir, f"{exp.name}_rates")
     if isinstance(exp, AttentionExperiment):  # variants on the same axes, and the values behind each point
-        paths += plot_overlay(rows, exp, out_dir, stat=stat, rates=rates)
+        paths += plot_overlay(rows, exp, out_dir, attention_panels(exp, rows), exp.name, stat=stat, rates=rates)
         summary = summarize(rows[rows.quantity.isin(exp.quantities)], stat)
         paths += write_table(summary, out_dir, f"{exp.name}_summary", columns=SUMMARY_COLUMNS)
     else:
