@@ -31,7 +31,7 @@ import pandas as pd
 from scipy.stats import trim_mean
 
 from .config import Experiment
-from .theory import NO_CONVERGENCE
+from .theory import NO_CONVERGENCE, NOT_UNIQUE
 
 KEYS = ["series_index", "series", "label", "k", "quantity", "true_atom", "cell_size"]
 SLOW = ("slow", "1/log^lambda(n)")
@@ -125,6 +125,8 @@ def _prediction(table: pd.DataFrame, quantity: str, cell_size: int) -> dict:
     if quantity == "loss":
         if (table.rate == NO_CONVERGENCE).any():  # measured against G* while the fit converges to G_bar
             return {"predicted": np.nan, "predicted_rate": NO_CONVERGENCE, "tag": "V"}
+        if (table.rate == NOT_UNIQUE).any():  # measured against one member of a continuum of best fits
+            return {"predicted": np.nan, "predicted_rate": NOT_UNIQUE, "tag": "measured"}
         return {"predicted": 0.5, "predicted_rate": "n^-1/2", "tag": "THEORY s2"}
     if quantity == "regression_l2":
         row = table[table.block == "regression_function"].iloc[0]

@@ -52,6 +52,7 @@ _INNER_BIAS = "THEORY.md s1, s3: act(a^T x + b) is outside the strongly identifi
 _SCALE_TRADE = "THEORY.md s1: eta_2 ReLU(eta_1 x) trades scale between eta_2 and eta_1"
 TARGETS = ("auto", "truth")
 NO_CONVERGENCE = "no convergence to G* (G_hat -> G_bar)"
+NOT_UNIQUE = "G_bar not unique (experts closed under sums)"
 
 RULES: tuple[Rule, ...] = (
     # Paper a: softmax Gaussian MoE, MLE; over-specified exponents depend on r = r(m), filled in below.
@@ -158,6 +159,7 @@ def predicted_rates(spec: MoESpec, G_true: MixingMeasure, k: int, r=None, target
     for every cell size from 2 to k - k* + 1. The regression function's sqrt(log n / n) [S] is always the
     first row. target "truth" asks for the errors against G* even where the fit converges to G_bar (an
     over-specified sigmoid fit of a regime-2 truth): there the theory predicts no convergence (NO_CONVERGENCE).
+    Against G_bar, experts closed under sums at a shared gate (scaled FFN, linear, polynomial) get NOT_UNIQUE.
     """
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not allowed; choose one of {', '.join(map(repr, TARGETS))}")
@@ -182,6 +184,15 @@ def predicted_rates(spec: MoESpec, G_true: MixingMeasure, k: int, r=None, target
             rows += [{"cell": "exact" if m == 1 else "over", "cell_size": m, "block": block, "exponent": np.nan,
                       "rate": NO_CONVERGENCE, "reference": "G*", "tag": "V", "source": _SIBLING}
                      for block in ("weight", "gate", "expert")]
+        return pd.DataFrame(rows)
+    family = spec.expert_family
+    if regime == 2 and k > G_true.k and (family.scaled or family.linear_in_params):
+        # Two atoms with one gate whose expert parameters add up to a true atom's reproduce it exactly, so the
+        # over-specified sigmoid model is not misspecified and its best fit is a continuum (measured:
+        # tests/test_lse.py, G_bar reproduces f_G*): no rate towards one G_bar is defined.
+        rows += [{"cell": "exact", "cell_size": 1, "block": block, "exponent": np.nan, "rate": NOT_UNIQUE,
+                  "reference": "G_bar", "tag": "measured", "source": "README, comparison (a)"}
+                 for block in ("weight", "gate", "expert")]
         return pd.DataFrame(rows)
     sizes = [1] if (k == G_true.k or regime == 2) else [1, *range(2, k - G_true.k + 2)]
     for m in sizes:

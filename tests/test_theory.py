@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import moe_sim as ms
-from moe_sim.theory import NO_CONVERGENCE, RULES
+from moe_sim.theory import NO_CONVERGENCE, NOT_UNIQUE, RULES
 
 
 def _rate(table, cell, block, size=None):
@@ -91,6 +91,16 @@ def test_sigmoid_regimes(sigmoid_tanh):
     scaled = ms.MoESpec(gate="sigmoid", expert="scaled_tanh")
     sparse = ms.predicted_rates(scaled, sparse_truth, 3)
     assert _rate(sparse, "over", "expert", 2).exponent == 0.25 and _rate(sparse, "over", "expert", 2).tag == "V"
+
+
+def test_regime_2_with_experts_closed_under_sums_has_no_unique_g_bar(sigmoid_tanh):
+    _, G = sigmoid_tanh
+    for expert in ("scaled_tanh", "linear"):
+        table = ms.predicted_rates(ms.MoESpec(gate="sigmoid", expert=expert), G, 3)
+        assert set(table.rate[table.block != "regression_function"]) == {NOT_UNIQUE}
+        assert table.exponent[table.block != "regression_function"].isna().all()
+    inner_bias = ms.predicted_rates(ms.MoESpec(gate="sigmoid", expert="tanh"), G, 3)
+    assert _rate(inner_bias, "exact", "expert", 1).exponent == 0.5, "act(a x + b) keeps regime 2 misspecified"
 
 
 def test_regime_2_against_g_star_predicts_no_convergence(sigmoid_tanh):
