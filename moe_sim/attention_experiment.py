@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ import pandas as pd
 from . import checks
 from .attention import (ATTENTION_GATES, DESIGNS, AttentionParams, AttentionSpec, attention_gate, double_sequences,
                         draw_params, draw_sequences, fit_replicate, row_gates, row_output)
-from .config import _check_keys, _fail, _merge, _n_grid, _pos_int, config_fingerprint, parse_analysis
+from .config import SweepConfig, _check_keys, _fail, _merge, _n_grid, _pos_int, parse_analysis
 from .fit.estimators import Search
 from .sweep import COLUMNS, FIT_ERRORS, Task, replicate_seeds
 
@@ -102,43 +102,23 @@ class AttentionSeries:
 
 
 @dataclass(frozen=True)
-class AttentionExperiment:
+class AttentionExperiment(SweepConfig):
     """A parsed, validated attention experiment (after the optional --quick overrides); see the module docstring."""
 
-    name: str
-    description: str
-    paper: str
     mode: str
     series: tuple[AttentionSeries, ...]
-    n_grid: tuple[int, ...]
     N: int
-    replicates: int
-    chunk: int
-    noise_sd: float
-    design: str
-    seed: int | None
-    eval_n: int
     n_starts: int
     search: Search
     max_iter: int
     sequences: int
     init_scale: float
-    quantities: tuple[str, ...]
-    target_error: float | None
-    target_quantity: str
-    target_atom: int
-    stat: str
-    quick: bool
-    raw: dict = field(repr=False)
     ratios: tuple = ()  # no sample-complexity ratios (`moe_sim.plots.report` reads them from MoE experiments)
 
     @property
     def grid_name(self) -> str:
         """What the rows' `n` column holds: the sample size, or the sequence length N in doubling mode."""
         return "N (tokens)" if self.mode == "doubling" else "n"
-
-    def fingerprint(self) -> str:
-        return config_fingerprint(self.raw)
 
     def run_task(self, task: Task, entropy: int, fit_fn=None, reference=None) -> pd.DataFrame:
         """The rows of one task (`moe_sim.sweep.run_task`'s signature; fit_fn and reference are not used)."""

@@ -144,22 +144,20 @@ class Series:
 
 
 @dataclass(frozen=True)
-class Experiment:
-    """A parsed, validated experiment config (after the optional --quick overrides)."""
+class SweepConfig:
+    """What every kind of experiment gives the sweep, the store and the analysis: its name, n grid, replicates,
+    seed and analysis settings, and the config it was parsed from (`raw`, whose fingerprint keys its rows)."""
 
     name: str
     description: str
     paper: str
-    series: tuple[Series, ...]
     n_grid: tuple[int, ...]
     replicates: int
     chunk: int
     noise_sd: float
     design: str
-    bounds: tuple
     seed: int | None
     eval_n: int
-    reference: dict
     quantities: tuple[str, ...]
     target_error: float | None
     target_quantity: str
@@ -167,11 +165,20 @@ class Experiment:
     stat: str
     quick: bool
     raw: dict = field(repr=False)
-    headline: tuple[dict, ...] = ()
-    ratios: tuple[tuple[str, str], ...] = ()
 
     def fingerprint(self) -> str:
         return config_fingerprint(self.raw)
+
+
+@dataclass(frozen=True)
+class Experiment(SweepConfig):
+    """A parsed, validated MoE experiment config (after the optional --quick overrides)."""
+
+    series: tuple[Series, ...]
+    bounds: tuple
+    reference: dict
+    headline: tuple[dict, ...] = ()
+    ratios: tuple[tuple[str, str], ...] = ()
 
 
 def config_fingerprint(raw: dict) -> str:
