@@ -210,7 +210,7 @@ def test_closest_measure_bad_arguments():
 # Parameter spaces without null atoms (THEORY.md s1): weights >= 0.05 (the bias floor), sizes >= expert_min
 SCALED = ms.MoESpec(gate="sigmoid", expert="scaled_tanh")
 WEIGHT_FLOOR = {"bias": [-2.944, 20.0], "gate": [-20.0, 20.0], "expert": [-20.0, 20.0]}
-# sigmoid_vs_softmax.toml's regime-2 truth (k* = 2)
+# the former sigmoid_vs_softmax.toml's regime-2 truth (k* = 2)
 G_R2 = ms.MixingMeasure(bias=[0.0, 0.0], gate=[[3.0], [-3.0]], expert=[[1.0, 4.0], [-1.0, -3.0]])
 
 
