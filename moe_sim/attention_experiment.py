@@ -23,7 +23,6 @@ width); doubling mode: lengths (the N grid), sequences, init_scale, and series w
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ import pandas as pd
 from . import checks
 from .attention import (ATTENTION_GATES, DESIGNS, AttentionParams, AttentionSpec, attention_gate, double_sequences,
                         draw_params, draw_sequences, fit_replicate, row_gates, row_output)
-from .config import SweepConfig, _check_keys, _fail, _merge, _n_grid, _pos_int, parse_analysis
+from .config import SweepConfig, _check_keys, _fail, _merge, _n_grid, _pos_int, effective_config, parse_analysis
 from .fit.estimators import Search
 from .sweep import COLUMNS, FIT_ERRORS, Task, replicate_seeds
 
@@ -263,15 +262,7 @@ def _int_at_least(key: str, value, low: int) -> int:
 def parse_attention_config(raw: dict, quick: bool = False) -> AttentionExperiment:
     """Validate an attention config (module docstring) and build the `AttentionExperiment`; `quick` applies
     [quick]. Every key is checked, and every series' teacher and student built, before anything runs."""
-    _check_keys(raw, TOP_KEYS, "the top level")
-    cfg = copy.deepcopy(raw)
-    over = cfg.pop("quick", {})
-    _check_keys(over, set(TOP_KEYS) - {"quick", "name", "series", "kind", "mode"}, "quick")
-    if quick:
-        cfg = _merge(cfg, over)
-    name = cfg.get("name")
-    if not isinstance(name, str) or not name.isidentifier():
-        raise _fail("name", name, "expected an identifier-like string (letters, digits, underscores)")
+    cfg, name = effective_config(raw, quick, TOP_KEYS, ("quick", "name", "series", "kind", "mode"))
     mode = cfg.get("mode", "fit")
     if mode not in MODES:
         raise _fail("mode", mode, f"choose one of {', '.join(map(repr, MODES))}")

@@ -105,6 +105,21 @@ def _pos_int(key: str, value) -> int:
     return value
 
 
+def effective_config(raw: dict, quick: bool, top_keys, fixed_keys) -> tuple[dict, str]:
+    """(the config with its [quick] table applied when `quick`, its name), after checking the top-level keys
+    against `top_keys`, the [quick] table's against those not in `fixed_keys`, and the name."""
+    _check_keys(raw, top_keys, "the top level")
+    cfg = copy.deepcopy(raw)
+    over = cfg.pop("quick", {})
+    _check_keys(over, set(top_keys) - set(fixed_keys), "quick")
+    if quick:
+        cfg = _merge(cfg, over)
+    name = cfg.get("name")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise _fail("name", name, "expected an identifier-like string (letters, digits, underscores)")
+    return cfg, name
+
+
 def _merge(base: dict, over: dict) -> dict:
     """`base` with `over`'s keys replacing its own; nested tables merged key by key."""
     out = copy.deepcopy(base)
@@ -328,15 +343,7 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
         return parse_attention_config(raw, quick)
     if kind != "moe":
         raise _fail("kind", kind, "choose 'moe' (the default) or 'attention'")
-    _check_keys(raw, TOP_KEYS, "the top level")
-    cfg = copy.deepcopy(raw)
-    over = cfg.pop("quick", {})
-    _check_keys(over, set(TOP_KEYS) - {"quick", "name", "series", "kind"}, "quick")
-    if quick:
-        cfg = _merge(cfg, over)
-    name = cfg.get("name")
-    if not isinstance(name, str) or not name.isidentifier():
-        raise _fail("name", name, "expected an identifier-like string (letters, digits, underscores)")
+    cfg, name = effective_config(raw, quick, TOP_KEYS, ("quick", "name", "series", "kind"))
     design = cfg.get("design", "uniform")
     if design not in DESIGNS:
         raise _fail("design", design, f"choose one of {', '.join(DESIGNS)}")
