@@ -22,8 +22,9 @@ from typing import NamedTuple
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from .backend import single_threaded_blas
 from .fit.estimators import LeastSquares, Search
-from .fit.lse import minimise, sigma2_floor, single_threaded_blas
+from .fit.lse import minimise, sigma2_floor
 from .fit.result import FitResult, StartResult
 from .gates import BiasedSigmoid, FixedMask, Gate, NormalisedSigmoid, Sigmoid, Softmax, TopKSoftmax
 from .measure import MixingMeasure, MoESpec

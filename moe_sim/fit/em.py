@@ -31,9 +31,9 @@ from functools import lru_cache
 import numpy as np
 from scipy.optimize import minimize
 
+from ..backend import single_threaded_blas
 from ..measure import MixingMeasure, MoESpec
 from ..model import Features, check_inputs, responsibilities
-from .lse import single_threaded_blas
 from .result import StartResult
 
 Array = np.ndarray

@@ -21,14 +21,13 @@ clipped into the box. `expert_min` adds the expert-size half of a parameter spac
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import least_squares, minimize
-from threadpoolctl import ThreadpoolController
 
+from ..backend import single_threaded_blas
 from ..measure import MixingMeasure, MoESpec
 from ..model import (
     Features, Scratch, check_inputs, forward, forward_stacked, pullback, regression_gradient, regression_vjp,
@@ -36,18 +35,6 @@ from ..model import (
 from .result import FitResult, StartResult
 
 _BLOCKS = ("bias", "gate", "expert")
-
-
-@functools.cache
-def _controller() -> ThreadpoolController:
-    return ThreadpoolController()
-
-
-def single_threaded_blas():
-    """BLAS limited to one thread: scipy's L-BFGS-B calls it on tiny vectors (benchmarks/README.md). The
-    controller is built once per process: scanning the loaded libraries costs about 2 ms per fit
-    (benchmarks/bench_eval.py)."""
-    return _controller().limit(limits=1, user_api="blas")
 
 
 class RSSObjective:
