@@ -124,6 +124,34 @@ def _tanh_grad(u: Array, h: Array, out: Array | None = None) -> Array:
     return out
 
 
+# The same activations on any array backend (`moe_sim.backend`), for the batched solver: (nx, u) -> (act(u),
+# act'(u)).
+
+
+def _identity_nx(nx, u):
+    return u, nx.ones_like(u)
+
+
+def _relu_nx(nx, u):
+    step = nx.positive(u)
+    return u * step, step
+
+
+def _gelu_nx(nx, u):
+    cdf = nx.ndtr(u)
+    return u * cdf, cdf + u * nx.normal_pdf(u)
+
+
+def _sigmoid_nx(nx, u):
+    s = nx.sigmoid(u)
+    return s, s * (1.0 - s)
+
+
+def _tanh_nx(nx, u):
+    t = nx.tanh(u)
+    return t, 1.0 - t * t
+
+
 def _writing_into_out(fn: Callable) -> Callable:
     """fn itself when it takes an `out` argument (a ufunc, or a Python function with an `out` parameter),
     else a wrapper that computes fn's value and copies it into out."""
@@ -168,7 +196,9 @@ class ExpertFamily:
     whether over-specified cells of this family converge under least squares ("strong": FFN experts that
     are not positively homogeneous; "homogeneous": ReLU, a scale trade inside a cell; "weak": linear and
     polynomial; "none": input-independent). `affine` marks the [b, a] layout (intercept first).
-    `linear_in_params` marks experts linear in eta (EM's weighted least squares needs it).
+    `linear_in_params` marks experts linear in eta (EM's weighted least squares needs it). `activation_nx`
+    (nx, u) -> (activation(u), activation'(u)) is the same activation on any array backend (`moe_sim.backend`),
+    which the batched solver (`moe_sim.fit.lm`) needs; None for a family that only runs on NumPy.
     """
 
     name: str
@@ -180,6 +210,7 @@ class ExpertFamily:
     affine: bool = True
     linear_in_params: bool = False
     scaled: bool = False
+    activation_nx: Callable | None = None
 
     def __post_init__(self):
         if self.scaled and (self.affine or self.linear_in_params):
@@ -201,23 +232,25 @@ class ExpertFamily:
         return offset + np.argmax(np.abs(expert[:, offset:]), axis=1)
 
 
-def _ffn(name: str, act, dact, identifiable: str = "strong") -> ExpertFamily:
+def _ffn(name: str, act, dact, act_nx, identifiable: str = "strong") -> ExpertFamily:
     return ExpertFamily(
         name=name,
         activation=act,
         derivative=dact,
+        activation_nx=act_nx,
         features=lambda X, degree: affine_features(X),
         n_params=lambda d, degree: d + 1,
         identifiable=identifiable,
     )
 
 
-def _scaled_ffn(act_name: str, act, dact, identifiable: str = "strong") -> ExpertFamily:
+def _scaled_ffn(act_name: str, act, dact, act_nx, identifiable: str = "strong") -> ExpertFamily:
     """eta_2 act(eta_1^T x): parameters [eta_2, eta_1_1..eta_1_d] over the features x (no inner bias)."""
     return ExpertFamily(
         name=f"scaled_{act_name}",
         activation=act,
         derivative=dact,
+        activation_nx=act_nx,
         features=lambda X, degree: np.ascontiguousarray(X.T),
         n_params=lambda d, degree: d + 1,
         identifiable=identifiable,
@@ -233,23 +266,23 @@ def _polynomial_features(X: Array, degree: int) -> Array:
 EXPERTS: dict[str, ExpertFamily] = {
     "linear": ExpertFamily(
         "linear", _identity, _ones, lambda X, degree: affine_features(X), lambda d, degree: d + 1,
-        identifiable="weak", linear_in_params=True,
+        identifiable="weak", linear_in_params=True, activation_nx=_identity_nx,
     ),
     "polynomial": ExpertFamily(
         "polynomial", _identity, _ones, _polynomial_features, lambda d, degree: degree + 1,
-        identifiable="weak", affine=False, linear_in_params=True,
+        identifiable="weak", affine=False, linear_in_params=True, activation_nx=_identity_nx,
     ),
-    "relu": _ffn("relu", _relu, _relu_grad, identifiable="homogeneous"),
-    "gelu": _ffn("gelu", _gelu, _gelu_grad),
-    "sigmoid": _ffn("sigmoid", sigmoid, _sigmoid_grad),
-    "tanh": _ffn("tanh", np.tanh, _tanh_grad),
-    "scaled_relu": _scaled_ffn("relu", _relu, _relu_grad, identifiable="homogeneous"),
-    "scaled_gelu": _scaled_ffn("gelu", _gelu, _gelu_grad),
-    "scaled_sigmoid": _scaled_ffn("sigmoid", sigmoid, _sigmoid_grad),
-    "scaled_tanh": _scaled_ffn("tanh", np.tanh, _tanh_grad),
+    "relu": _ffn("relu", _relu, _relu_grad, _relu_nx, identifiable="homogeneous"),
+    "gelu": _ffn("gelu", _gelu, _gelu_grad, _gelu_nx),
+    "sigmoid": _ffn("sigmoid", sigmoid, _sigmoid_grad, _sigmoid_nx),
+    "tanh": _ffn("tanh", np.tanh, _tanh_grad, _tanh_nx),
+    "scaled_relu": _scaled_ffn("relu", _relu, _relu_grad, _relu_nx, identifiable="homogeneous"),
+    "scaled_gelu": _scaled_ffn("gelu", _gelu, _gelu_grad, _gelu_nx),
+    "scaled_sigmoid": _scaled_ffn("sigmoid", sigmoid, _sigmoid_grad, _sigmoid_nx),
+    "scaled_tanh": _scaled_ffn("tanh", np.tanh, _tanh_grad, _tanh_nx),
     "constant": ExpertFamily(
         "constant", _identity, _ones, lambda X, degree: _constant_features(X), lambda d, degree: 1,
-        identifiable="none", affine=False, linear_in_params=True,
+        identifiable="none", affine=False, linear_in_params=True, activation_nx=_identity_nx,
     ),
 }
 

@@ -84,6 +84,18 @@ class Gate:
         evaluation and gv = g * v."""
         raise NotImplementedError
 
+    # The same two pieces on any array backend nx (`moe_sim.backend`), over a leading batch axis: what the
+    # batched solver (`moe_sim.fit.lm`) runs. A gate without them runs on NumPy only.
+    batched = False
+
+    def values(self, nx, z):
+        """Gate values from the logits z (batch, k, n)."""
+        raise NotImplementedError
+
+    def logit_derivative(self, nx, g, h, f):
+        """d f / d z_i (batch, k, n) from the gates g and expert values h (batch, k, n) and f (batch, n)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class Softmax(Gate):
@@ -124,6 +136,14 @@ class Softmax(Gate):
         out *= gv
         return out
 
+    batched = True
+
+    def values(self, nx, z):
+        return nx.softmax(z, axis=-2)
+
+    def logit_derivative(self, nx, g, h, f):
+        return g * (h - f[:, None, :])
+
 
 @dataclass(frozen=True)
 class Sigmoid(Gate):
@@ -156,6 +176,14 @@ class Sigmoid(Gate):
         np.subtract(fw.h, fw.gh, out=out)
         out *= gv
         return out
+
+    batched = True
+
+    def values(self, nx, z):
+        return nx.sigmoid(z)
+
+    def logit_derivative(self, nx, g, h, f):
+        return g * (1.0 - g) * h
 
 
 GATES: dict[str, Gate] = {"softmax": Softmax(), "sigmoid": Sigmoid()}
@@ -218,6 +246,8 @@ class TopKSoftmax(Softmax):
     tokens) is refused where that number is given (`moe_sim.attention.AttentionSpec`).
     """
 
+    batched = False  # its gates differ from the parent's: NumPy only
+
     top_k: int
     likelihoods = ("regression",)
 
@@ -246,6 +276,8 @@ class NormalisedSigmoid(Sigmoid):
     `gates` returns the first k rows of a (2k, n) array whose last k rows keep it, and `logit_pullback`
     reads them back through the array's base.
     """
+
+    batched = False  # its gates differ from the parent's: NumPy only
 
     name = "normalised_sigmoid"
 
@@ -277,6 +309,8 @@ class BiasedSigmoid(Sigmoid):
     """g_i = sigmoid(z_i + b) with a fixed b added to every logit; b = -log N is sigmoid attention's bias over N
     tokens (Ramapuram et al.; `for_length`). weight(c) = sigmoid(c + b). Regimes and pullback are the plain
     sigmoid's (the derivative of sigmoid(z + b) in z is g (1 - g))."""
+
+    batched = False  # its gates differ from the parent's: NumPy only
 
     b: float = 0.0
 
