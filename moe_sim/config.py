@@ -53,8 +53,8 @@ TOP_KEYS = {
     "replicates": "replicates per (series, n): a positive integer",
     "chunk": "replicates per task: a positive integer",
     "estimator": "table: method, init, n_starts, options (the estimator's settings; an over-specified sigmoid "
-                 "series needs bounds with a bias floor and expert_min, a space without null atoms), backend "
-                 "('numpy')",
+                 "series needs bounds with a bias floor and expert_min, a space without null atoms; least squares "
+                 "takes solver = 'lm' and backend = 'numpy', 'torch' or 'cuda')",
     "seed": "seed entropy: a non-negative integer",
     "loss": f"Voronoi loss kind: one of {', '.join(LOSS_KINDS)}",
     "target": "what losses are taken against: 'auto' (G_bar for sigmoid regime 2, else G*) or 'truth' (always G*)",
@@ -69,8 +69,7 @@ TOP_KEYS = {
 }
 MODEL_KEYS = ("gate", "score", "expert", "d", "likelihood", "degree", "temperature")
 TRUTH_KEYS = ("bias", "gate", "expert", "var")
-ESTIMATOR_KEYS = ("method", "init", "n_starts", "options", "backend")
-FIT_BACKENDS = ("numpy",)
+ESTIMATOR_KEYS = ("method", "init", "n_starts", "options")
 SERIES_KEYS = ("label", "model", "truth", "k", "estimator", "loss", "data", "target")
 ANALYSIS_KEYS = ("quantities", "target_error", "target_quantity", "target_atom", "stat", "margin")
 FIGURE_KEYS = ("headline", "ratios")  # MoE experiments' [analysis] keys for the headline figure and ratios
@@ -145,7 +144,6 @@ class Series:
     options: dict
     loss: str
     data_index: int
-    backend: str = "numpy"
     target: str = "auto"
 
     @property
@@ -287,11 +285,8 @@ def _truth(table: dict, spec: MoESpec, where: str) -> MixingMeasure:
         raise ValueError(f"config table {where!r} = {table!r}: {exc}") from exc
 
 
-def _estimator(table: dict, where: str) -> tuple[str, str | list, int | None, dict, str]:
+def _estimator(table: dict, where: str, spec: MoESpec) -> tuple[str, str | list, int | None, dict]:
     _check_keys(table, ESTIMATOR_KEYS, where)
-    backend = table.get("backend", "numpy")
-    if backend not in FIT_BACKENDS:
-        raise _fail(f"{where}.backend", backend, f"choose one of {', '.join(FIT_BACKENDS)}")
     method = table.get("method", "lse")
     if method not in METHODS:
         raise _fail(f"{where}.method", method, f"choose one of {', '.join(METHODS)}")
@@ -311,20 +306,23 @@ def _estimator(table: dict, where: str) -> tuple[str, str | list, int | None, di
     except ValueError as exc:
         raise ValueError(f"config key {where + '.init'!r}: {exc}") from None
     options = table.get("options", {})
-    _check_estimator(method, options, f"{where}.options")
+    _check_estimator(method, options, f"{where}.options", spec)
     if set(plan) == {"near_truth"}:
         raise _fail(f"{where}.init", init, "near-truth starts bias the rates (THEORY.md s4, s7): add truth-free "
                     "kinds (kmeans, random, split, merge) or keep 'default'")
-    return method, init, n_starts, dict(options), backend
+    return method, init, n_starts, dict(options)
 
 
-def _check_estimator(method: str, options, where: str) -> None:
+def _check_estimator(method: str, options, where: str, spec: MoESpec) -> None:
     """The estimator options of a series, checked before anything runs by building the estimator
-    (`moe_sim.fit.make_estimator`, which names the option, its value and the allowed ones)."""
+    (`moe_sim.fit.make_estimator`, which names the option, its value and the allowed ones) and asking it
+    whether it can fit the series' model (a solver that lacks the gate or the expert family)."""
     if not isinstance(options, dict):
         raise _fail(where, options, f"expected a table of {method} estimator options")
     try:
-        make_estimator(method, options)
+        estimator = make_estimator(method, options)
+        if (method == "em") == (spec.likelihood == "gaussian"):  # a mismatch is reported by the caller
+            estimator.check_spec(spec)
     except ValueError as exc:
         raise ValueError(f"config key {where!r}: {exc}") from None
 
@@ -386,7 +384,7 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
         truth = _truth(merged["truth"], spec, f"{where}.truth")
         ks = merged.get("k", truth.k)
         ks = ks if isinstance(ks, list) else [ks]
-        method, init, n_starts, options, backend = _estimator(merged.get("estimator", {}), f"{where}.estimator")
+        method, init, n_starts, options = _estimator(merged.get("estimator", {}), f"{where}.estimator", spec)
         if (method == "em") != (spec.likelihood == "gaussian"):
             raise _fail(f"{where}.estimator.method", method,
                         f"'em' goes with likelihood='gaussian' and 'lse' with 'regression' (got {spec.likelihood!r})")
@@ -416,7 +414,7 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
             if k < truth.k:
                 raise _fail(f"{where}.k", k, f"expected k >= the number of true atoms ({truth.k})")
             series.append(Series(label, spec, truth, k, method, init if isinstance(init, (str, dict)) else tuple(init),
-                                 n_starts, options, s_loss, data_keys[key][0], backend, s_target))
+                                 n_starts, options, s_loss, data_keys[key][0], s_target))
     names = [s.name for s in series]
     if len(set(names)) != len(names):
         raise _fail("series", names, "each (label, k) pair must be unique")

@@ -24,9 +24,10 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..backend import check_backend
 from ..measure import MixingMeasure, MoESpec
 from ..model import check_inputs, log_density
-from . import em, lse
+from . import em, lm, lse
 from .init import FROM_FITS, check_starts, initial_measures, merge_starts, split_starts, start_plan
 from .result import FitResult, SearchReport, StartResult
 
@@ -258,13 +259,19 @@ def _expert_interval(bounds) -> tuple[float, float]:
     return -np.inf, np.inf
 
 
+SOLVERS = ("lbfgsb", "lm")
+
+
 @dataclass(frozen=True)
 class LeastSquares(Estimator):
-    """Least squares for the regression MoE (`moe_sim.fit.lse`): L-BFGS-B until ||P grad F||_inf / F <= tol
-    (or the Gauss-Newton decrement is below 1e-3 sigma^2).
+    """Least squares for the regression MoE, each local fit certified when ||P grad F||_inf / F <= tol (or the
+    Gauss-Newton decrement is below 1e-3 sigma^2).
 
-    bounds: None, a positive number, a table of blocks or a (lower, upper) pair (`lse.box`); max_iter:
-    L-BFGS-B iterations per local fit; maxcor: its memory. expert_min > 0: every atom's expert size (outer
+    solver: "lbfgsb" (`moe_sim.fit.lse`: scipy's L-BFGS-B, one start at a time, on NumPy's allocation-free
+    kernel) or "lm" (`moe_sim.fit.lm`: Levenberg-Marquardt on every start at once, written once over the array
+    `backend`: "numpy", "torch" on the CPU or "cuda"; softmax and sigmoid gates, families with
+    `activation_nx`). bounds: None, a positive number, a table of blocks or a (lower, upper) pair (`lse.box`);
+    max_iter: iterations per local fit; maxcor: L-BFGS-B's memory. expert_min > 0: every atom's expert size (outer
     scale eta_2 of a scaled expert, largest slope of an affine one) stays at least expert_min in magnitude, with
     the sign of its start (`lse.null_free_box`); with a bias lower bound (a weight floor) this is the parameter
     space without null atoms that sigmoid regime 2 needs (THEORY.md s1), the one `closest_measure` uses for G_bar.
@@ -275,6 +282,8 @@ class LeastSquares(Estimator):
     bounds: object = None
     maxcor: int = 20
     expert_min: float = 0.0
+    solver: str = "lbfgsb"
+    backend: str = "numpy"
 
     method: ClassVar[str] = "lse"
     sense: ClassVar[float] = 1.0
@@ -290,6 +299,13 @@ class LeastSquares(Estimator):
                              f">= 0 (0: no lower bound on the expert's size)")
         if self.expert_min > 0:
             lse.check_expert_room(self.expert_min, *_expert_interval(self.bounds))
+        if self.solver not in SOLVERS:
+            raise ValueError(f"LeastSquares.solver = {self.solver!r} is not allowed; choose one of "
+                             f"{', '.join(map(repr, SOLVERS))}")
+        check_backend(self.backend, "LeastSquares.backend")
+        if self.backend != "numpy" and self.solver != "lm":
+            raise ValueError(f"LeastSquares.backend = {self.backend!r} is not allowed with solver = {self.solver!r} "
+                             f"(scipy's L-BFGS-B runs on NumPy only); set solver = 'lm', or backend = 'numpy'")
 
     @property
     def keeps_expert_signs(self):
@@ -298,8 +314,13 @@ class LeastSquares(Estimator):
     def check_spec(self, spec):
         if spec.likelihood != "regression":
             raise ValueError(f"least squares needs likelihood='regression', got {spec.likelihood!r}")
+        if self.solver == "lm":
+            lm.check_spec(spec)
 
     def solve(self, spec, X, y, k, starts, tol):
+        if self.solver == "lm":
+            return lm.solve(spec, X, y, k, starts, bounds=self.bounds, tol=tol, max_iter=self.max_iter,
+                            expert_min=self.expert_min, backend=self.backend)
         return lse.solve(spec, X, y, k, starts, bounds=self.bounds, tol=tol, max_iter=self.max_iter,
                          maxcor=self.maxcor, expert_min=self.expert_min)
 
