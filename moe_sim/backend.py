@@ -31,9 +31,12 @@ def single_threaded_blas():
 
 
 class Backend:
-    """The primitives an array algorithm may use, and the compound operations built on them."""
+    """The primitives an array algorithm may use, and the compound operations built on them. block_elements:
+    how many elements an algorithm's largest temporary should hold (chunks of samples are sized by it): small
+    enough to stay in a CPU's cache, large enough to keep a GPU busy."""
 
     name = ""
+    block_elements = 2**22
 
     def sigmoid(self, a):
         """The logistic function, as 0.5 + 0.5 tanh(a / 2) (stable for every a)."""
@@ -109,6 +112,8 @@ class TorchBackend(Backend):
 
         self.torch, self.device = torch, torch.device(device)
         self.name = "torch" if device == "cpu" else device
+        if device != "cpu":
+            self.block_elements = 2**27
 
     @contextlib.contextmanager
     def single_threaded(self):

@@ -26,7 +26,6 @@ from ..measure import MixingMeasure, MoESpec
 from .lse import DECREMENT_TOL, LocalFit, box, null_free_box, sigma2_floor
 from .result import StartResult
 
-_ELEMENTS = 2**22  # the largest (batch, P, chunk) Jacobian block the backend holds at once
 _LAMBDA0, _LAMBDA_MAX = 1e-3, 1e16  # Levenberg damping: start, and where a problem counts as stalled
 
 
@@ -65,7 +64,7 @@ class Batch:
         return self.y_host.shape[1]
 
     def _chunks(self, batch: int, P: int):
-        size = max(256, _ELEMENTS // max(batch * P, 1))
+        size = max(256, self.nx.block_elements // max(batch * P, 1))
         return [slice(a, min(a + size, self.n)) for a in range(0, self.n, size)]
 
     def _forward(self, theta, phi, psi):
