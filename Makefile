@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo reproduce test notebook-figures
+.PHONY: setup demo reproduce test test-all notebook-figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,10 @@ demo: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/moe-sim reproduce all --quick --n-jobs 2 --out results   # untracked: results/NAME and results/figures
 
-test: $(STAMP)
+test: $(STAMP)   # without the slow statistical checks (rates over replicates, n = 1e5, the README example)
+	$(BIN)/python -m pytest -m "not gpu and not slow"
+
+test-all: $(STAMP)
 	$(BIN)/python -m pytest -m "not gpu"
 
 notebook-figures: $(STAMP)

@@ -28,6 +28,24 @@ def sigmoid_tanh():
     return spec, G
 
 
+@pytest.fixture(scope="session")
+def _tiny_sweep_rows(tmp_path_factory):
+    from moe_sim import store
+    from moe_sim.config import parse_config
+    from moe_sim.sweep import run_sweep
+    from tests.test_sweep import TINY, fake_fit
+
+    out = run_sweep(parse_config(TINY), tmp_path_factory.mktemp("tiny_sweep"), fit_fn=fake_fit, progress=False)
+    return store.load_results(out)
+
+
+@pytest.fixture
+def tiny_sweep_rows(_tiny_sweep_rows):
+    """The rows of a fresh run of test_sweep's TINY config with its fit double (one process), run once per
+    session for the tests that compare against a fresh run; each test gets its own copy."""
+    return _tiny_sweep_rows.copy()
+
+
 def random_measure(spec: ms.MoESpec, k: int, rng) -> ms.MixingMeasure:
     """A random k-atom measure of this family (with variances for the Gaussian MoE)."""
     rng = np.random.default_rng(rng)

@@ -28,7 +28,7 @@ def _lse_statistics(spec, G, X, y):
     return np.max(np.abs(2 * J.T @ r)) / rss, (fitted @ fitted) / (rss / len(y))
 
 
-@pytest.mark.parametrize("n", [1_000, 100_000])
+@pytest.mark.parametrize("n", [1_000, pytest.param(100_000, marks=pytest.mark.slow)])  # 1e5: ~20 s
 def test_least_squares_criterion_holds_at_every_converged_start(n):
     X, y = ms.sample(TANH, G_TANH, n, rng=n, noise_sd=0.1, bounds=(-3.0, 3.0))
     est = LeastSquares()
@@ -65,11 +65,13 @@ def test_em_criterion_holds_and_an_independent_polish_gains_nothing(paper_a, n, 
 
 
 def _peer_fits(n):
+    """The peer's fits on the files present; K = 3 (over-specified EM, 4 to 10 s each) are marked slow."""
     fits = pd.read_csv(PEER / "peer_fits.csv")
-    return [row for row in fits.itertuples() if row.n == n and (PEER / f"sgame_n{n}_seed{row.seed}.csv").exists()]
+    return [pytest.param(row, id=f"n{row.n}-seed{row.seed}-K{row.K}", marks=[pytest.mark.slow] * (row.K > 2))
+            for row in fits.itertuples() if row.n == n and (PEER / f"sgame_n{n}_seed{row.seed}.csv").exists()]
 
 
-@pytest.mark.parametrize("row", _peer_fits(1000) + _peer_fits(10_000), ids=lambda r: f"n{r.n}-seed{r.seed}-K{r.K}")
+@pytest.mark.parametrize("row", _peer_fits(1000) + _peer_fits(10_000))
 def test_em_reaches_the_peers_log_likelihood_on_its_data(row):
     """Paper a's peer (R + C++, near-truth starts) on its own samples: the default truth-free EM ends at least
     as high (the peer reports the log-likelihood before its last M-step, so at most a rounding above it)."""

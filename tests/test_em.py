@@ -105,6 +105,7 @@ def _asymptotic_loss_quantile(spec, G, n, q, draws=2000, seed=0):
     return float(np.quantile(losses, q))
 
 
+@pytest.mark.slow  # n = 1e5, three seeds of the full search and a 2e5-sample Fisher information: ~2 min
 def test_truth_free_starts_recover_paper_a_at_1e5(paper_a):
     """From k-means and random starts alone, on seeds 0, 1, 2: the maximum likelihood fit (the optimum of a
     start at the truth) and a loss inside the asymptotic 99.9% range at n = 1e5 (about 0.07; the issue's

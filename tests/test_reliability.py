@@ -89,8 +89,8 @@ def test_a_manifest_without_shards_may_be_replaced(exp, tmp_path):
     assert store.read_manifest(tmp_path)["fingerprint"] == fixed.fingerprint()
 
 
-def test_a_truncated_shard_is_recomputed_on_resume(exp, tmp_path):
-    fresh = store.load_results(run_sweep(exp, tmp_path / "fresh", fit_fn=fake_fit, progress=False))
+def test_a_truncated_shard_is_recomputed_on_resume(exp, tmp_path, tiny_sweep_rows):
+    fresh = tiny_sweep_rows
     run_sweep(exp, tmp_path / "cut", fit_fn=fake_fit, progress=False)
     path = store.shard_paths(tmp_path / "cut")[0]
     path.write_bytes(path.read_bytes()[:100])

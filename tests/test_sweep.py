@@ -60,8 +60,8 @@ def exp():
     return parse_config(TINY)
 
 
-def test_rows_are_tidy_and_complete(exp, tmp_path):
-    rows = store.load_results(run_sweep(exp, tmp_path, fit_fn=fake_fit, progress=False))
+def test_rows_are_tidy_and_complete(exp, tiny_sweep_rows):
+    rows = tiny_sweep_rows
     assert len(make_tasks(exp)) == 2 * 3 * 3
     per_fit = rows.groupby(["series", "n", "replicate"]).size()
     assert len(per_fit) == 2 * 3 * 5
@@ -78,14 +78,13 @@ def test_rows_are_tidy_and_complete(exp, tmp_path):
     assert med[50] > med[200]
 
 
-def test_bit_identical_across_worker_counts(exp, tmp_path):
-    one = store.load_results(run_sweep(exp, tmp_path / "one", n_jobs=1, fit_fn=fake_fit, progress=False))
+def test_bit_identical_across_worker_counts(exp, tmp_path, tiny_sweep_rows):
     two = store.load_results(run_sweep(exp, tmp_path / "two", n_jobs=2, fit_fn=fake_fit, progress=False))
-    pd.testing.assert_frame_equal(strip(one), strip(two))
+    pd.testing.assert_frame_equal(strip(tiny_sweep_rows), strip(two))  # the shared run is n_jobs = 1
 
 
-def test_resume_after_interruption_gives_the_same_rows(exp, tmp_path):
-    fresh = store.load_results(run_sweep(exp, tmp_path / "fresh", fit_fn=fake_fit, progress=False))
+def test_resume_after_interruption_gives_the_same_rows(exp, tmp_path, tiny_sweep_rows):
+    fresh = tiny_sweep_rows
     tasks = make_tasks(exp)
     run_sweep(exp, tmp_path / "resumed", fit_fn=fake_fit, tasks=tasks[::3], progress=False)
     partial = store.load_results(tmp_path / "resumed")
