@@ -270,8 +270,10 @@ def minimise(obj: RSSObjective, theta0: np.ndarray, lim, tol: float, max_iter: i
 def _gauss_newton(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: int, value: float,
                   statistic: float) -> LocalFit:
     """The second-order polish of a fit where L-BFGS-B reached machine precision before the gradient test:
-    Levenberg-Marquardt (trust-region reflective Gauss-Newton within bounds; scipy least_squares) on the
-    residuals, kept only where it lowers F."""
+    trust-region reflective Gauss-Newton (scipy least_squares, method "trf", bounded or not) on the residuals,
+    kept only where it lowers F. Not method "lm" (MINPACK) for unbounded fits: given bit-identical residuals and
+    Jacobians it proposed different next points from one call to the next, so sweeps did not rerun
+    bit-identically (`benchmarks/determinism.py`)."""
     bounds = (-np.inf, np.inf) if lim is None else lim
     start = theta
     if lim is not None:
@@ -285,7 +287,7 @@ def _gauss_newton(obj: RSSObjective, theta: np.ndarray, lim, tol: float, nit: in
         return last["value"]
 
     sol = least_squares(lambda t: evaluate(t)[0], start, jac=lambda t: evaluate(t)[1],
-                        method="lm" if lim is None else "trf", bounds=bounds, x_scale="jac", ftol=1e-15, xtol=1e-15,
+                        method="trf", bounds=bounds, x_scale="jac", ftol=1e-15, xtol=1e-15,
                         gtol=1e-15, max_nfev=200)
     polished = _statistic(obj, sol.x, lim)
     if polished[0] < value:
