@@ -38,6 +38,10 @@ class Backend:
     name = ""
     block_elements = 2**22
 
+    def single_threaded(self):
+        """A context that keeps the backend's own threads to one on the CPU (`single_threaded_blas` covers BLAS)."""
+        return contextlib.nullcontext()
+
     def sigmoid(self, a):
         """The logistic function, as 0.5 + 0.5 tanh(a / 2) (stable for every a)."""
         return 0.5 + 0.5 * self.tanh(0.5 * a)
@@ -56,11 +60,6 @@ class Backend:
 
 class NumpyBackend(Backend):
     name = "numpy"
-
-    @staticmethod
-    def single_threaded():
-        """Nothing to limit beyond `single_threaded_blas`, which the solver holds for every backend."""
-        return contextlib.nullcontext()
 
     def asarray(self, a):
         return np.asarray(a, dtype=np.float64)

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import Backend, get_backend, single_threaded_blas
-from ..families import score_features
 from ..measure import MixingMeasure, MoESpec
+from ..model import Features
 from .lse import DECREMENT_TOL, LocalFit, box, null_free_box, sigma2_floor
 from .result import StartResult
 
@@ -54,9 +54,8 @@ class Batch:
 
     @classmethod
     def of(cls, nx: Backend, spec: MoESpec, Xs, ys, k: int) -> "Batch":
-        phi = np.stack([score_features(spec.score, X) / spec.temperature for X in Xs])
-        psi = np.stack([spec.expert_family.features(X, spec.degree) for X in Xs])
-        y = np.stack(ys)
+        feats = [Features.of(spec, X) for X in Xs]
+        phi, psi, y = np.stack([f.phi for f in feats]), np.stack([f.psi for f in feats]), np.stack(ys)
         return cls(nx, spec, k, nx.asarray(phi), nx.asarray(psi), nx.asarray(y), y)
 
     @property
