@@ -32,7 +32,8 @@ import pandas as pd
 from . import checks
 from .attention import (ATTENTION_GATES, DESIGNS, AttentionParams, AttentionSpec, attention_gate, double_sequences,
                         draw_params, draw_sequences, fit_replicate, row_gates, row_output)
-from .config import SweepConfig, _check_keys, _fail, _merge, _n_grid, _pos_int, effective_config, parse_analysis
+from .config import (SweepConfig, _check_keys, _fail, _merge, _n_grid, _pos_int, effective_config, parse_analysis,
+                     shared_settings)
 from .fit.estimators import Search
 from .sweep import COLUMNS, FIT_ERRORS, Task, replicate_seeds
 
@@ -271,12 +272,7 @@ def parse_attention_config(raw: dict, quick: bool = False) -> AttentionExperimen
     for key in refused:
         if key in cfg or any(key in table for table in cfg.get("series", []) if isinstance(table, dict)):
             raise _fail(key, cfg.get(key, "(in a series)"), f"not a key of a {mode} experiment")
-    allow_large = cfg.get("allow_large_n", False)
-    if not isinstance(allow_large, bool):
-        raise _fail("allow_large_n", allow_large, "expected true or false")
-    design = cfg.get("design", "gaussian")
-    if design not in DESIGNS:
-        raise _fail("design", design, f"choose one of {', '.join(map(repr, DESIGNS))}")
+    design, noise_sd, seed, allow_large = shared_settings(cfg, DESIGNS, "gaussian")
     d = _pos_int("d", cfg.get("d", 2))
     if mode == "doubling":
         lengths = _n_grid(cfg.get("lengths"), allow_large)
@@ -289,15 +285,9 @@ def parse_attention_config(raw: dict, quick: bool = False) -> AttentionExperimen
     row = cfg.get("row", 0)
     if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < min(lengths):
         raise _fail("row", row, f"expected a token index, 0 <= row <= {min(lengths) - 1}")
-    noise_sd = cfg.get("noise_sd", 0.1)
-    if not (checks.is_number(noise_sd) and noise_sd >= 0):
-        raise _fail("noise_sd", noise_sd, "expected a finite number >= 0")
     init_scale = cfg.get("init_scale", 1.0)
     if not (checks.is_number(init_scale) and init_scale > 0):
         raise _fail("init_scale", init_scale, "expected a positive number (score standard deviation)")
-    seed = cfg.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise _fail("seed", seed, "expected a non-negative integer (or leave it out for fresh entropy)")
     search_table = cfg.get("search", {})
     _check_keys(search_table, ("hits", "max_rounds", "hit_tol"), "search")
     try:

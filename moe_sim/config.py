@@ -119,6 +119,23 @@ def effective_config(raw: dict, quick: bool, top_keys, fixed_keys) -> tuple[dict
     return cfg, name
 
 
+def shared_settings(cfg: dict, designs, default_design: str) -> tuple[str, float, int | None, bool]:
+    """The keys every experiment kind has, validated: (design, noise_sd, seed, allow_large_n)."""
+    design = cfg.get("design", default_design)
+    if design not in designs:
+        raise _fail("design", design, f"choose one of {', '.join(map(repr, designs))}")
+    noise_sd = cfg.get("noise_sd", 0.1)
+    if not (checks.is_number(noise_sd) and noise_sd >= 0):
+        raise _fail("noise_sd", noise_sd, "expected a finite number >= 0")
+    seed = cfg.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise _fail("seed", seed, "expected a non-negative integer (or leave it out for fresh entropy)")
+    allow_large = cfg.get("allow_large_n", False)
+    if not isinstance(allow_large, bool):
+        raise _fail("allow_large_n", allow_large, "expected true or false")
+    return design, noise_sd, seed, allow_large
+
+
 def _merge(base: dict, over: dict) -> dict:
     """`base` with `over`'s keys replacing its own; nested tables merged key by key."""
     out = copy.deepcopy(base)
@@ -342,23 +359,12 @@ def parse_config(raw: dict, quick: bool = False) -> Experiment:
     if kind != "moe":
         raise _fail("kind", kind, "choose 'moe' (the default) or 'attention'")
     cfg, name = effective_config(raw, quick, TOP_KEYS, ("quick", "name", "series", "kind"))
-    design = cfg.get("design", "uniform")
-    if design not in DESIGNS:
-        raise _fail("design", design, f"choose one of {', '.join(DESIGNS)}")
-    noise_sd = cfg.get("noise_sd", 0.1)
-    if not (checks.is_number(noise_sd) and noise_sd >= 0):
-        raise _fail("noise_sd", noise_sd, "expected a finite number >= 0")
+    design, noise_sd, seed, allow_large = shared_settings(cfg, DESIGNS, "uniform")
     bounds = cfg.get("bounds", [-1.0, 1.0])
     loss = cfg.get("loss", "auto")
     if loss not in LOSS_KINDS:
         raise _fail("loss", loss, f"choose one of {', '.join(LOSS_KINDS)}")
-    seed = cfg.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise _fail("seed", seed, "expected a non-negative integer (or leave it out for fresh entropy)")
     reference = _reference(cfg.get("reference", {}))
-    allow_large = cfg.get("allow_large_n", False)
-    if not isinstance(allow_large, bool):
-        raise _fail("allow_large_n", allow_large, "expected true or false")
     analysis_table = cfg.get("analysis", {})
     analysis = parse_analysis(analysis_table, DEFAULT_QUANTITIES, _check_quantity, FIGURE_KEYS)
 
