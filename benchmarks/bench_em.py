@@ -41,12 +41,12 @@ def start(k: int, rng) -> ms.MixingMeasure:
 
 
 def ms_per_iteration(X, y, k: int, repeats: int, iterations: int = 10) -> list[float]:
-    design = em._Design.of(SPEC, X, y, em._CHUNK)
+    design = em._Design.of(SPEC, X, y)
     G0 = start(k, 1)
     times = []
     for _ in range(repeats):
         tic = time.perf_counter()
-        path = em._run(SPEC, design, G0, 0.0, iterations, 1e-6, False)
+        path = em._run(design, G0, 0.0, iterations, 1e-6, False)
         times.append((time.perf_counter() - tic) / path.n_iter * 1e3)
     return times
 
