@@ -1,6 +1,7 @@
 """Milliseconds per EM iteration on paper a's peer data, side by side with the peer, one BLAS thread.
 
     .venv/bin/python benchmarks/bench_em.py [--repeats 40]
+    .venv/bin/python benchmarks/bench_em.py --backends [--sizes 1000 10000 100000] [--reps 3] [--starts 8]
 
 For every peer file at n = 1e3 and 1e4 (../shared/peer, five seeds each) and K = 2, 3: 40 repeats of a
 10-iteration EM run (tolerance 0 and no polish, so every run does 10 working iterations) from a start
@@ -12,6 +13,12 @@ there (k = 2, THEORY.md s6) is the only peer figure at that size. The data's suf
 built once per sample (outside the timing), as the estimator does once per fit. The peer ran on another
 machine, so its ratio carries the two machines' difference; the column that compares across machines is
 the floor: an iteration's time in units of one np.exp over a (k, n) array, measured in the same run.
+
+--backends: EM with its E-steps on NumPy and on torch (CPU), k = 3 on `--reps` samples of paper a's model per
+n: seconds per default fit (`EM(backend=...)`, the whole global search, median over samples) and the largest
+relative log-likelihood difference of the two fits; and from the same `--starts` truth-free starts (half
+k-means, half random) through `em.solve`, the local fits both certify and the largest relative
+log-likelihood difference among them. BLAS and torch on one thread, as in a sweep task.
 """
 
 import argparse
@@ -23,7 +30,9 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 import moe_sim as ms
-from moe_sim.fit import em
+from moe_sim.fit import EM, em
+from moe_sim.fit.init import initial_measures
+from moe_sim.plots import to_markdown
 
 PEER = Path(__file__).resolve().parents[2] / "shared" / "peer"
 SPEC = ms.MoESpec(gate="softmax", expert="linear", d=1, likelihood="gaussian")
@@ -41,12 +50,12 @@ def start(k: int, rng) -> ms.MixingMeasure:
 
 
 def ms_per_iteration(X, y, k: int, repeats: int, iterations: int = 10) -> list[float]:
-    design = em._Design.of(SPEC, X, y, em._CHUNK)
+    design = em._Design.of(SPEC, X, y)
     G0 = start(k, 1)
     times = []
     for _ in range(repeats):
         tic = time.perf_counter()
-        path = em._run(SPEC, design, G0, 0.0, iterations, 1e-6, False)
+        path = em._run(design, G0, 0.0, iterations, 1e-6, False)
         times.append((time.perf_counter() - tic) / path.n_iter * 1e3)
     return times
 
@@ -60,6 +69,41 @@ def exp_floor_ms(k: int, n: int, repeats: int = 50) -> float:
         np.exp(a)
         times.append(time.perf_counter() - tic)
     return float(np.median(times)) * 1e3
+
+
+def _timed(fn):
+    tic = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - tic
+
+
+def backends(sizes, reps: int, n_starts: int, k: int = 3) -> pd.DataFrame:
+    """The --backends table (module docstring)."""
+    rows = []
+    for n in sizes:
+        seconds, fit_gaps, certified, start_gaps = {"numpy": [], "torch": []}, [], 0, []
+        for seed in range(reps):
+            X, y = ms.sample(SPEC, TRUTH, n, rng=seed, design="equispaced", bounds=(0.0, 1.0))
+            fits = {}
+            for backend in seconds:
+                fits[backend], took = _timed(lambda: ms.fit(SPEC, X, y, k, estimator=EM(backend=backend), rng=seed))
+                seconds[backend].append(took)
+            fit_gaps.append(abs(fits["numpy"].objective - fits["torch"].objective) / abs(fits["numpy"].objective))
+            plan = {"kmeans": n_starts // 2, "random": n_starts - n_starts // 2}
+            starts = initial_measures(SPEC, X, y, k, plan, rng=seed + 1, method="em")
+            est = EM()
+            local = [em.solve(SPEC, X, y, k, starts, tol=est.tol, max_iter=est.max_iter, var_floor=est.var_floor,
+                              polish=est.polish, backend=backend) for backend in seconds]
+            both = [(a.objective, b.objective) for a, b in zip(*local) if a.converged and b.converged]
+            certified += len(both)
+            start_gaps += [abs(a - b) / abs(a) for a, b in both]
+        numpy_s, torch_s = (float(np.median(v)) for v in seconds.values())
+        rows.append({"k": k, "n": n, "s/fit numpy": numpy_s, "s/fit torch": torch_s, "torch / numpy": torch_s / numpy_s,
+                     "max rel diff of the fits": f"{max(fit_gaps):.1e}",
+                     "same starts certified by both": f"{certified}/{reps * n_starts}",
+                     "same starts max rel diff": f"{max(start_gaps, default=np.nan):.1e}",
+                     "same starts > 1e-9 apart": sum(g > 1e-9 for g in start_gaps)})
+    return pd.DataFrame(rows)
 
 
 def main(repeats: int) -> None:
@@ -87,4 +131,13 @@ def main(repeats: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=40)
-    main(parser.parse_args().repeats)
+    parser.add_argument("--backends", action="store_true")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--starts", type=int, default=8)
+    args = parser.parse_args()
+    if args.backends:
+        with threadpool_limits(limits=1):
+            print(to_markdown(backends(args.sizes, args.reps, args.starts)))
+    else:
+        main(args.repeats)

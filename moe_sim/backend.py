@@ -46,9 +46,25 @@ class Backend:
         """The logistic function, as 0.5 + 0.5 tanh(a / 2) (stable for every a)."""
         return 0.5 + 0.5 * self.tanh(0.5 * a)
 
+    def _shifted_exp(self, a, axis: int):
+        """exp(a - max a) and the maximum along axis (kept): the overflow-free start of softmax and logsumexp."""
+        top = self.max(a, axis=axis, keepdims=True)
+        return self.exp(a - top), top
+
     def softmax(self, z, axis: int):
-        e = self.exp(z - self.max(z, axis=axis, keepdims=True))
+        e, _ = self._shifted_exp(z, axis)
         return e / self.sum(e, axis=axis, keepdims=True)
+
+    def logsumexp(self, a, axis: int):
+        """log sum exp(a) along axis (kept)."""
+        e, top = self._shifted_exp(a, axis)
+        return self.log(self.sum(e, axis=axis, keepdims=True)) + top
+
+    def softmax_logsumexp(self, a, axis: int):
+        """(softmax, logsumexp) along axis (kept) from one exp pass, as an E-step needs both."""
+        e, top = self._shifted_exp(a, axis)
+        total = self.sum(e, axis=axis, keepdims=True)
+        return e / total, self.log(total) + top
 
     def ndtr(self, a):
         """The standard normal CDF, 0.5 erfc(-a / sqrt 2)."""
@@ -70,7 +86,7 @@ class NumpyBackend(Backend):
     def take(self, a, index: np.ndarray):
         return a[index]
 
-    exp, tanh, erfc = staticmethod(np.exp), staticmethod(np.tanh), staticmethod(erfc)
+    exp, log, tanh, erfc = staticmethod(np.exp), staticmethod(np.log), staticmethod(np.tanh), staticmethod(erfc)
     matmul, concat = staticmethod(np.matmul), staticmethod(np.concatenate)
 
     @staticmethod
@@ -126,16 +142,21 @@ class TorchBackend(Backend):
             self.torch.set_num_threads(before)
 
     def asarray(self, a):
-        return self.torch.as_tensor(np.asarray(a, dtype=np.float64), device=self.device)
+        """A float64 tensor holding a copy of a (torch cannot share a read-only array, such as a measure's)."""
+        return self.torch.tensor(np.asarray(a, dtype=np.float64), device=self.device)
 
     def to_numpy(self, a) -> np.ndarray:
         return a.detach().cpu().numpy()
 
     def take(self, a, index: np.ndarray):
-        return a[self.torch.as_tensor(index, device=self.device)]
+        """a[index]; the index is copied, as torch refuses to share a read-only array (cached triu indices)."""
+        return a[self.torch.tensor(index, device=self.device)]
 
     def exp(self, a):
         return self.torch.exp(a)
+
+    def log(self, a):
+        return self.torch.log(a)
 
     def tanh(self, a):
         return self.torch.tanh(a)

@@ -298,15 +298,6 @@ def log_density_gradient(spec: MoESpec, G: MixingMeasure, X, y) -> dict[str, Arr
     }
 
 
-def responsibilities(spec: MoESpec, G: MixingMeasure, feats: Features, y: Array) -> tuple[Array, Array]:
-    """Posterior expert probabilities (k, n) and the per-sample log-density (n,) in one pass (the E-step)."""
-    z, _, _, h = _logits_and_experts(spec, feats.stack(G), feats)
-    log_joint = _log_joint(G, z, h, y)
-    log_dens = _logsumexp0(log_joint)
-    log_joint -= log_dens
-    return np.exp(log_joint, out=log_joint), log_dens
-
-
 def _check_gaussian(spec: MoESpec, G: MixingMeasure) -> None:
     if spec.likelihood != "gaussian":
         raise ValueError(f"log_density needs likelihood='gaussian', got {spec.likelihood!r}")

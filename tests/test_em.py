@@ -126,8 +126,8 @@ def test_chunking_does_not_change_the_path(paper_a):
     spec, G = paper_a
     X, y = _data(spec, G, 1000, 14)
     G0 = _perturbed(G, 15, 1.0, 1.0, 3)
-    whole = _run(spec, _Design.of(spec, X, y), G0, 1e-8, 100, 1e-6, False)
-    chunked = _run(spec, _Design.of(spec, X, y, chunk=128), G0, 1e-8, 100, 1e-6, False)
+    whole = _run(_Design.of(spec, X, y), G0, 1e-8, 100, 1e-6, False)
+    chunked = _run(_Design.of(spec, X, y, chunk=128), G0, 1e-8, 100, 1e-6, False)
     np.testing.assert_allclose(chunked.trace, whole.trace, rtol=1e-12)
     np.testing.assert_allclose(chunked.measure.to_vector(), whole.measure.to_vector(), rtol=1e-8, atol=1e-10)
 

@@ -336,12 +336,14 @@ class LeastSquares(Estimator):
 class EM(Estimator):
     """EM for the softmax Gaussian MoE (`moe_sim.fit.em`): stops when ||grad l / n||_inf <= tol, polishing by
     L-BFGS-B once EM crawls (polish=True); max_iter caps EM and polish iterations each; var_floor bounds
-    the variances below."""
+    the variances below. backend: where the E-step and gate sums run ("numpy", "torch" on the CPU, or "cuda");
+    the M-step and the polish run in NumPy whatever the backend."""
 
     tol: float = 1e-7
     max_iter: int = 2000
     polish: bool = True
     var_floor: float = 1e-6
+    backend: str = "numpy"
 
     method: ClassVar[str] = "em"
     sense: ClassVar[float] = -1.0
@@ -353,13 +355,14 @@ class EM(Estimator):
         _check_positive("EM", "var_floor", self.var_floor)
         if not isinstance(self.polish, bool):
             raise ValueError(f"EM.polish = {self.polish!r} is not allowed: expected true or false")
+        check_backend(self.backend, "EM.backend")
 
     def check_spec(self, spec):
         em.check_em_spec(spec)
 
     def solve(self, spec, X, y, k, starts, tol, trace: bool = False):
         return em.solve(spec, X, y, k, starts, tol=tol, max_iter=self.max_iter, var_floor=self.var_floor,
-                        polish=self.polish, trace=trace)
+                        polish=self.polish, trace=trace, backend=self.backend)
 
     def objective(self, spec, X, y, G):
         return float(np.sum(log_density(spec, G, X, y)))
