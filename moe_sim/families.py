@@ -231,6 +231,15 @@ class ExpertFamily:
         offset = 1 if self.affine and expert.shape[1] > 1 else 0
         return offset + np.argmax(np.abs(expert[:, offset:]), axis=1)
 
+    def floor_index(self, expert: Array) -> Array:
+        """Per atom, the coordinates (k, m) that `LeastSquares.expert_min` keeps away from zero so that no atom
+        is null: the size coordinate, and for a scaled expert whose activation vanishes at 0 (GELU, tanh, ReLU,
+        identity) also its largest inner weight, since eta_2 act(0 . x) = 0 whatever eta_2 is."""
+        size = self.size_index(expert)
+        if not (self.scaled and self.activation(np.zeros(1))[0] == 0.0):
+            return size[:, None]
+        return np.column_stack([size, 1 + np.argmax(np.abs(expert[:, 1:]), axis=1)])
+
 
 def _ffn(name: str, act, dact, act_nx, identifiable: str = "strong") -> ExpertFamily:
     return ExpertFamily(

@@ -1,5 +1,7 @@
 """Least squares, the `fit` entry point and G_bar."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -236,13 +238,22 @@ def test_the_size_coordinate_is_the_scale_of_a_scaled_expert_and_the_largest_slo
     assert affine.size_index(np.array([[9.0, 0.5, -2.0], [0.1, 3.0, 1.0]])).tolist() == [2, 1]  # never b
 
 
-def test_null_free_box_bounds_each_scale_away_from_zero_with_the_start_sign():
-    G = ms.MixingMeasure(bias=[0.0, 0.0], gate=[[1.0], [1.0]], expert=[[0.01, 5.0], [-0.02, 5.0]])
+def test_the_floor_holds_the_inner_weight_of_a_scaled_expert_whose_activation_vanishes_at_zero():
+    expert = np.array([[0.2, -5.0, 1.0], [-3.0, 0.5, 2.0]])  # [eta_2, eta_1 (d = 2)] per atom
+    for name in ("scaled_gelu", "scaled_tanh", "scaled_relu"):
+        assert ms.MoESpec(expert=name, d=2).expert_family.floor_index(expert).tolist() == [[0, 1], [0, 2]], name
+    # eta_2 sigmoid(0 . x) = eta_2 / 2 is a constant expert, not a null one: only the scale is held
+    assert ms.MoESpec(expert="scaled_sigmoid", d=2).expert_family.floor_index(expert).tolist() == [[0], [0]]
+
+
+def test_null_free_box_bounds_each_scale_and_inner_weight_away_from_zero_with_the_start_sign():
+    G = ms.MixingMeasure(bias=[0.0, 0.0], gate=[[1.0], [1.0]], expert=[[0.01, 5.0], [-0.02, -0.001]])
     low, high = null_free_box(SCALED, G, None, 0.1)
-    scales, slopes = [4, 6], [5, 7]  # to_vector layout: 2 biases, 2 gates, then [eta_2, eta_1] per atom
+    scales, inner = [4, 6], [5, 7]  # to_vector layout: 2 biases, 2 gates, then [eta_2, eta_1] per atom
     np.testing.assert_array_equal(low[scales], [0.1, -np.inf])
     np.testing.assert_array_equal(high[scales], [np.inf, -0.1])
-    assert np.all(np.isinf(low[slopes])) and np.all(np.isinf(high[slopes]))
+    np.testing.assert_array_equal(low[inner], [0.1, -np.inf])
+    np.testing.assert_array_equal(high[inner], [np.inf, -0.1])
     positive_only = (np.full(8, -np.inf), np.full(8, np.inf))
     positive_only[0][scales] = 0.0
     low, _ = null_free_box(SCALED, G, positive_only, 0.1)
@@ -281,6 +292,19 @@ def test_a_regime_2_fit_that_ends_with_a_null_atom_has_none_with_expert_min():
 
     assert smallest_expert(0.0) < floor / 5, "the unconstrained fit keeps the null atom"
     assert smallest_expert(0.1) >= floor * (1 - 1e-9)
+
+
+def test_g_bar_of_scaled_gelu_experts_has_no_atom_null_through_its_inner_weight():
+    """Comparison (a)'s GELU truth (sigmoid regime 2, k* = 2, k = 3). With only |eta_2| >= expert_min, this
+    G_bar was G* plus the atom eta_2 = 0.1, eta_1 = 0 (max |g h| = 8e-15 on the design): GELU(0) = 0 makes it
+    null whatever eta_2 is. The floor on the inner weight excludes it."""
+    spec = ms.MoESpec(gate="sigmoid", expert="scaled_gelu")
+    truth = ms.MixingMeasure(bias=[0.5, -0.5], gate=[[3.0], [-2.0]], expert=[[2.0, 3.0], [-1.0, 2.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DegenerateGBarWarning)  # an atom on the boundary is allowed, not a null one
+        gbar = closest_measure(spec, truth, 3, n=1000, n_starts=1, rng=1, weight_min=0.05, expert_min=0.1)
+    assert not [issue for issue in gbar.issues if "null" in issue]
+    assert np.all(np.abs(gbar.measure.expert) >= 0.1 * (1 - 1e-9))
 
 
 def test_g_bar_in_a_space_without_null_atoms_has_more_than_k_star_non_null_atoms():

@@ -272,9 +272,10 @@ class LeastSquares(Estimator):
     `backend`: "numpy", "torch" on the CPU or "cuda"; softmax and sigmoid gates, families with
     `activation_nx`). bounds: None, a positive number, a table of blocks or a (lower, upper) pair (`lse.box`);
     max_iter: iterations per local fit; maxcor: L-BFGS-B's memory. expert_min > 0: every atom's expert size (outer
-    scale eta_2 of a scaled expert, largest slope of an affine one) stays at least expert_min in magnitude, with
-    the sign of its start (`lse.null_free_box`); with a bias lower bound (a weight floor) this is the parameter
-    space without null atoms that sigmoid regime 2 needs (THEORY.md s1), the one `closest_measure` uses for G_bar.
+    scale eta_2 of a scaled expert, and its largest inner weight where act(0) = 0; largest slope of an affine one)
+    stays at least expert_min in magnitude, with the sign of its start (`lse.null_free_box`); with a bias lower
+    bound (a weight floor) this is the parameter space without null atoms that sigmoid regime 2 needs (THEORY.md
+    s1), the one `closest_measure` uses for G_bar.
     """
 
     tol: float = 1e-7

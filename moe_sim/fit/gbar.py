@@ -2,13 +2,13 @@
 
 Computed by least squares (`trf_fit`: Gauss-Newton, relative tolerances) on a large noise-free design,
 inside a compact parameter space that excludes null atoms (THEORY.md s1): every weight sigmoid(c) >=
-weight_min, every expert's size (`ExpertFamily.size_index`: the outer scale eta_2 of a scaled expert, the
-largest slope of an affine one, the largest coefficient otherwise) >= expert_min in absolute value, every
-parameter in [-param_max, param_max]. The expert-size bound is not a box, so each start keeps the sign of its
-size coordinate and bounds it away from zero (`lse.null_free_box`, the same space `LeastSquares(expert_min=...)`
-fits in). G_bar is the best fit among k-atom measures of that space, so none of its atoms is null; it often
-lies on the boundary and depends on it: the result lists every parameter on an active bound and every atom
-whose contribution is still negligible (`issues`), and warns.
+weight_min, every expert's size (`ExpertFamily.floor_index`: the outer scale eta_2 of a scaled expert, and its
+largest inner weight where act(0) = 0; the largest slope of an affine one; the largest coefficient otherwise)
+>= expert_min in absolute value, every parameter in [-param_max, param_max]. The expert-size bound is not a
+box, so each start keeps the signs of those coordinates and bounds them away from zero (`lse.null_free_box`,
+the same space `LeastSquares(expert_min=...)` fits in). G_bar is the best fit among k-atom measures of that
+space, so none of its atoms is null; it often lies on the boundary and depends on it: the result lists every
+parameter on an active bound and every atom whose contribution is still negligible (`issues`), and warns.
 """
 
 from __future__ import annotations

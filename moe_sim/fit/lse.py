@@ -120,13 +120,14 @@ def box(spec: MoESpec, k: int, bounds) -> tuple[np.ndarray, np.ndarray] | None:
 def null_free_box(spec: MoESpec, G: MixingMeasure, lim, expert_min: float) -> tuple[np.ndarray, np.ndarray]:
     """The box `lim` (None: unbounded) with each atom's expert size kept at least expert_min in magnitude.
 
-    The size coordinate is `ExpertFamily.size_index` of G's atoms; each keeps the sign G gives it (+ for 0) and
-    is bounded to [expert_min, upper] or [lower, -expert_min], so sign diversity comes from the starts. An atom
-    whose sign leaves no room in `lim` takes the other; a ValueError names expert_min where neither fits."""
+    The coordinates are `ExpertFamily.floor_index` of G's atoms (the size, and a scaled expert's largest inner
+    weight where its activation vanishes at 0); each keeps the sign G gives it (+ for 0) and is bounded to
+    [expert_min, upper] or [lower, -expert_min], so sign diversity comes from the starts. A coordinate whose sign
+    leaves no room in `lim` takes the other; a ValueError names expert_min where neither fits."""
     size = G.k * (1 + spec.q + spec.p)
     low, high = (np.full(size, -np.inf), np.full(size, np.inf)) if lim is None else (lim[0].copy(), lim[1].copy())
-    atoms = np.arange(G.k)
-    cols = spec.expert_family.size_index(G.expert)
+    floor = spec.expert_family.floor_index(G.expert)
+    atoms, cols = np.repeat(np.arange(G.k), floor.shape[1]), floor.ravel()
     flat = G.k * (1 + spec.q) + atoms * spec.p + cols
     check_expert_room(expert_min, low[flat], high[flat])
     fits_positive, fits_negative = high[flat] >= expert_min, low[flat] <= -expert_min
