@@ -1,8 +1,9 @@
 """Convergence rates from sweep rows: log-log slopes with bootstrap intervals, compared with the theory.
 
 For every (series, quantity, true atom) the statistic (median by default, or mean) of the replicates at each n
-is regressed on log n. Bootstrap intervals resample the replicates within each n (seeded). Alongside: the
-slope against log(n / log n) (the regression function's sqrt(log n / n) is a slope of exactly -1/2 there),
+is regressed on log n. Bootstrap intervals resample the replicates within each n (seeded per group,
+`group_rng`). Alongside: the slope against log(n / log n) (the regression function's sqrt(log n / n) is a
+slope of exactly -1/2 there),
 the slope over the upper half of the n grid, the slope of 10%-trimmed means with the share of runaway fits
 (more than 10 times the median at their n), and the verdict against `predicted_rates`.
 
@@ -25,6 +26,8 @@ the share of certified replicates is reported too (NaN for results without it).
 """
 
 from __future__ import annotations
+
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -62,6 +65,15 @@ def bootstrap_centers(groups: list[np.ndarray], stat: str = "median", n_boot: in
         out[0, j] = _center(v, stat)
         out[1:, j] = _center(v[rng.integers(0, len(v), (n_boot, len(v)))], stat)
     return out
+
+
+def group_rng(seed: int, *key) -> np.random.Generator:
+    """The bootstrap stream of one group, seeded by the seed and the group's key (names, not the series' position
+    in its config): a group's interval does not depend on which other groups the table holds, so a new or
+    refitted series leaves the others' intervals as they were."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"rng = {seed!r} is not allowed: the bootstrap seed is a non-negative integer")
+    return np.random.default_rng([int(seed), zlib.crc32("/".join(map(str, key)).encode())])
 
 
 def loglog_fit(x: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,13 +115,12 @@ def _groups(sub: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
 def summarize(rows: pd.DataFrame, stat: str = "median", n_boot: int = 1000, rng=0) -> pd.DataFrame:
     """Per (series, quantity, true atom, n): the statistic with a bootstrap 95% interval, quartiles, counts."""
     _check_stat(stat)
-    rng = np.random.default_rng(rng)
     out = []
     for key, sub in _keyed_groups(rows):
         grid, groups = _groups(sub)
         if not groups:
             continue
-        boot = bootstrap_centers(groups, stat, n_boot, rng)
+        boot = bootstrap_centers(groups, stat, n_boot, group_rng(rng, *key[1:]))
         for j, n in enumerate(grid):
             lo, hi = _interval(boot[1:, j])
             q25, q75 = np.quantile(groups[j], [0.25, 0.75])
@@ -202,7 +213,6 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
     if margin is None:
         margin = (exp.raw.get("analysis", {}) if exp is not None else {}).get("margin", DEFAULT_MARGIN)
     margin = check_margin(margin)
-    rng = np.random.default_rng(rng)
     rows = rows[rows.quantity.isin(list(quantities)) if quantities is not None else ~rows.quantity.isin(SIGNED)]
     per_atom = rows.groupby(KEYS[:-1], sort=False).size()
     tables = {}
@@ -212,7 +222,7 @@ def rate_table(rows: pd.DataFrame, exp: Experiment | None = None, quantities=Non
         grid, groups = _groups(sub)
         if len(grid) < 2:
             continue
-        boot = bootstrap_centers(groups, stat, n_boot, rng)
+        boot = bootstrap_centers(groups, stat, n_boot, group_rng(rng, *key[1:]))
         x = np.log(grid.astype(float))
         _, slope = loglog_fit(x, boot)
         _, slope_nn = loglog_fit(np.log(grid / np.log(grid)), boot)
@@ -283,10 +293,9 @@ def sample_complexity(rows: pd.DataFrame, target: float, quantity: str = "loss",
     """Per series: the n at which the fitted log-log line of `quantity` reaches `target`, with a bootstrap
     95% interval, and the smallest n of the grid whose statistic is already below the target."""
     sel = _select(rows, target, quantity, true_atom, stat)
-    rng = np.random.default_rng(rng)
     out = []
     for key, sub in sel.groupby(["series_index", "series", "label", "k"], sort=True):
-        found = _n_needed(sub, target, stat, n_boot, rng)
+        found = _n_needed(sub, target, stat, n_boot, group_rng(rng, key[2], quantity, true_atom))
         if found is None:
             continue
         grid, boot, slope, n_star = found
@@ -307,10 +316,10 @@ def sample_complexity_ratio(rows: pd.DataFrame, pairs, target: float, quantity: 
     NaN where a series has fewer than two sample sizes or neither line decays, inf/0 where one does not;
     `within_grids`: both n lie inside their series' n grids (otherwise the ratio extrapolates the lines)."""
     sel = _select(rows, target, quantity, true_atom, stat)
-    rng = np.random.default_rng(rng)
     out = []
     for numerator, denominator in pairs:
-        found = [_n_needed(sel[sel.label == label], target, stat, n_boot, rng) for label in (numerator, denominator)]
+        found = [_n_needed(sel[sel.label == label], target, stat, n_boot, group_rng(rng, label, quantity, true_atom))
+                 for label in (numerator, denominator)]
         record = {"numerator": numerator, "denominator": denominator, "quantity": quantity, "target": target}
         if any(f is None for f in found):
             out.append({**record, "n_numerator": np.nan, "n_denominator": np.nan, "ratio": np.nan,

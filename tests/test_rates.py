@@ -42,6 +42,23 @@ def test_bootstrap_intervals_cover_at_the_nominal_rate():
     assert sum(covered) >= 32
 
 
+def test_a_series_interval_does_not_depend_on_the_other_series_in_the_table():
+    """Bootstrap streams are seeded per group: adding or refitting one series leaves the others' intervals."""
+    alone = synthetic_rows(0.5, reps=8, series=("a/k=2",))
+    other = synthetic_rows(0.25, reps=8, rng=5, series=("b/k=2",)).assign(series_index=0)
+    both = pd.concat([other, alone.assign(series_index=1)], ignore_index=True)
+    columns = ["slope", "ci_low", "ci_high", "slope_upper_ci_low", "slope_upper_ci_high"]
+    a_alone = rate_table(alone, rng=3).iloc[0][columns].astype(float)
+    a_beside = rate_table(both, rng=3).set_index("series").loc["a/k=2", columns].astype(float)
+    pd.testing.assert_series_equal(a_alone, a_beside, check_names=False)
+    first = summarize(alone, rng=3)[["ci_low", "ci_high"]]
+    beside = summarize(both, rng=3).query("series == 'a/k=2'")[["ci_low", "ci_high"]].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, beside)
+    needed = sample_complexity(both, 0.05, rng=3).set_index("label").loc["a", ["n_needed", "ci_low", "ci_high"]]
+    first_needed = sample_complexity(alone, 0.05, rng=3).iloc[0][["n_needed", "ci_low", "ci_high"]]
+    pd.testing.assert_series_equal(first_needed.astype(float), needed.astype(float), check_names=False)
+
+
 def test_log_n_over_n_slope_and_runaways():
     rows = synthetic_rows(0.5, sd=0.05)
     rows["value"] *= np.sqrt(np.log(rows.n))  # sqrt(log n / n)
