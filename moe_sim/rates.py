@@ -3,9 +3,9 @@
 For every (series, quantity, true atom) the statistic (median by default, or mean) of the replicates at each n
 is regressed on log n. Bootstrap intervals resample the replicates within each n (seeded per group,
 `group_rng`). Alongside: the slope against log(n / log n) (the regression function's sqrt(log n / n) is a
-slope of exactly -1/2 there),
-the slope over the upper half of the n grid, the slope of 10%-trimmed means with the share of runaway fits
-(more than 10 times the median at their n), and the verdict against `predicted_rates`.
+slope of exactly -1/2 there), the slope over the upper half of the n grid, the slope of 10%-trimmed means with
+the share of runaway fits (more than 10 times the median at their n), and the verdict against
+`predicted_rates`.
 
 Rows are keyed by the size of the Voronoi cell each replicate's atom actually has (the sweep's `cell_size`),
 so a series whose atom is over-specified in half of the replicates gives two rows, each compared with the
