@@ -42,6 +42,10 @@ class Backend:
         """A context that keeps the backend's own threads to one on the CPU (`single_threaded_blas` covers BLAS)."""
         return contextlib.nullcontext()
 
+    def samples_per_chunk(self, width: int) -> int:
+        """Samples per chunk when each sample takes `width` elements of the largest temporary (at least 256)."""
+        return max(256, self.block_elements // max(width, 1))
+
     def sigmoid(self, a):
         """The logistic function, as 0.5 + 0.5 tanh(a / 2) (stable for every a)."""
         return 0.5 + 0.5 * self.tanh(0.5 * a)

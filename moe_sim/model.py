@@ -58,6 +58,11 @@ def _match_rows(basis: list[Array], rows: Array, index: list[int]) -> tuple[int,
     return tuple(index)
 
 
+def sample_slices(n: int, size: int) -> list[slice]:
+    """Consecutive blocks of at most `size` of n samples: how every n-sized computation is chunked."""
+    return [slice(a, min(a + size, n)) for a in range(0, n, size)]
+
+
 @dataclass(frozen=True)
 class Features:
     """Gate features phi (q, n), already divided by the temperature, and expert features psi (p, n); their
@@ -88,7 +93,7 @@ class Features:
         each covers."""
         return [
             (s, Features(self.phi[:, s], self.psi[:, s], self.basis[:, s], self.gate_rows, self.expert_rows))
-            for s in (slice(a, min(a + size, self.n)) for a in range(0, self.n, size))
+            for s in sample_slices(self.n, size)
         ]
 
     def stack_index(self, k: int) -> Array:

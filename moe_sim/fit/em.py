@@ -38,7 +38,7 @@ from scipy.optimize import minimize
 
 from ..backend import Backend, NumpyBackend, get_backend, single_threaded_blas
 from ..measure import MixingMeasure, MoESpec
-from ..model import _LOG_2PI, Features
+from ..model import _LOG_2PI, Features, sample_slices
 from .result import StartResult
 
 Array = np.ndarray
@@ -88,11 +88,9 @@ class _Design:
         psi = feats.psi
         rows = np.vstack([x, psi[ia] * psi[ib], psi * y, y * y])
         pairs = x[ga] * x[gb]
-        size = chunk or max(256, nx.block_elements // rows.shape[0])
-        chunks = [
-            _Chunk(*(nx.asarray(np.ascontiguousarray(a[..., s])) for a in (feats.phi, psi, y, rows, pairs)))
-            for s in (slice(a, min(a + size, feats.n)) for a in range(0, feats.n, size))
-        ]
+        size = chunk or nx.samples_per_chunk(rows.shape[0])
+        chunks = [_Chunk(*(nx.asarray(np.ascontiguousarray(a[..., s])) for a in (feats.phi, psi, y, rows, pairs)))
+                  for s in sample_slices(feats.n, size)]
         ridge = _RIDGE * float(np.einsum("pn,pn->", psi, psi)) / p
         return cls(nx, chunks, q, p, feats.n, ridge)
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..backend import Backend, get_backend, single_threaded_blas
 from ..measure import MixingMeasure, MoESpec
-from ..model import Features
+from ..model import Features, sample_slices
 from .lse import DECREMENT_TOL, LocalFit, box, null_free_box, sigma2_floor
 from .result import StartResult
 
@@ -63,8 +63,7 @@ class Batch:
         return self.y_host.shape[1]
 
     def _chunks(self, batch: int, P: int):
-        size = max(256, self.nx.block_elements // max(batch * P, 1))
-        return [slice(a, min(a + size, self.n)) for a in range(0, self.n, size)]
+        return sample_slices(self.n, self.nx.samples_per_chunk(batch * P))
 
     def _forward(self, theta, phi, psi):
         """Gates g, activations a and their slopes, expert values h (batch, k, c), f (batch, c), outer scales."""
