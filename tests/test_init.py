@@ -139,6 +139,16 @@ def test_split_starts_add_one_atom_and_keep_the_split_atoms_weight(gate):
     assert len(split_starts(spec, fewer, rng=3, count=4)) == 4
 
 
+@pytest.mark.parametrize("gate", ["softmax", "sigmoid"])
+def test_split_starts_do_not_depend_on_the_order_or_translation_of_the_atoms(gate):
+    spec = ms.MoESpec(gate=gate, expert="tanh")
+    shift = (0.7, np.array([-1.3])) if gate == "softmax" else (0.0, np.zeros(1))  # softmax: blind to translation
+    moved = G.subset([2, 0, 1]).translate(*shift)
+    starts, again = split_starts(spec, G, rng=3), split_starts(spec, moved, rng=3)
+    for a, b in zip(starts, again):  # the same splits, carried by the same translation
+        np.testing.assert_allclose(a.translate(*shift).to_vector(), b.to_vector(), rtol=1e-12, atol=1e-12)
+
+
 def test_split_starts_with_both_signs_add_an_atom_of_the_opposite_expert_sign():
     spec = ms.MoESpec(gate="sigmoid", expert="scaled_tanh")
     fewer = ms.MixingMeasure(bias=[0.0, 1.0], gate=[[2.0], [-1.0]], expert=[[0.5, 3.0], [-1.0, 2.0]])

@@ -216,6 +216,18 @@ def _direction(shape, rng: np.random.Generator, scale: np.ndarray) -> np.ndarray
     return u / max(np.linalg.norm(u), 1e-12) * scale
 
 
+def _canonical(spec: MoESpec, G: MixingMeasure) -> tuple[MixingMeasure, tuple[float, np.ndarray]]:
+    """G with its atoms sorted by their expert parameters and, under a translation-invariant gate, translated so
+    that the last atom's (bias, gate) is zero; and the translation (t0, t) that takes it back to G's own. Splits
+    drawn on it depend on the measure, not on the order or translation a fit left its atoms in (tied chain fits
+    with permuted atoms otherwise drew different split directions for the same atom)."""
+    G = G.subset(np.lexsort(G.expert.T[::-1]))
+    if not spec.gate_family.translation_invariant:
+        return G, (0.0, np.zeros(G.gate.shape[1]))
+    shift = (float(G.bias[-1]), G.gate[-1].copy())
+    return G.translate(-shift[0], -shift[1]), shift
+
+
 SPLIT_DIRECTIONS = ("gate", "expert", "weight")
 _SPLIT_STEP = 0.25  # split size, relative to 1 + the size of the parameter block
 
@@ -223,13 +235,16 @@ _SPLIT_STEP = 0.25  # split size, relative to 1 + the size of the parameter bloc
 def split_starts(spec: MoESpec, G_fewer: MixingMeasure, rng, count: int | None = None,
                  both_signs: bool = False) -> list[MixingMeasure]:
     """Measures with one more atom than G_fewer: each atom in turn split along its gate, its expert and its
-    weight (two copies with shares 0.7 / 0.3), in a random order; the first `count` (all when None).
+    weight (two copies with shares 0.7 / 0.3), in a random order; the first `count` (all when None). The atoms
+    are taken in a canonical order (`_canonical`), so a permutation of G_fewer draws the same starts, and a
+    softmax translation of it the same starts, translated.
 
     both_signs: also split each atom into shares 0.7 / 0.3 whose expert sizes (`ExpertFamily.size_index`)
     have opposite signs, for fits that keep each start's sign (`LeastSquares.expert_min`) and so cannot
     reach an opposite-signed atom from the other splits."""
     rng = np.random.default_rng(rng)
     gate = spec.gate_family
+    G_fewer, shift = _canonical(spec, G_fewer)
     sizes = spec.expert_family.size_index(G_fewer.expert)
     out = []
     for i in range(G_fewer.k):
@@ -252,7 +267,7 @@ def split_starts(spec: MoESpec, G_fewer: MixingMeasure, rng, count: int | None =
                 second = (gate.scaled_bias(c, 0.3), beta, eta - 0.1 * de)
             out.append(_with_atom(G_fewer, i, first, second))
     order = rng.permutation(len(out))
-    return [out[j] for j in order[:count]]
+    return [out[j].translate(*shift) for j in order[:count]]
 
 
 def merge_starts(spec: MoESpec, G: MixingMeasure, rng, count: int) -> list[MixingMeasure]:
