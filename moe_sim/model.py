@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from .backend import Backend, NumpyBackend
 from .families import score_features
 from .gates import sum_atoms
 from .measure import MixingMeasure, MoESpec
@@ -24,6 +26,7 @@ from .measure import MixingMeasure, MoESpec
 Array = np.ndarray
 CHUNK = 16384
 _LOG_2PI = np.log(2.0 * np.pi)
+_NUMPY = NumpyBackend()
 
 
 def check_inputs(spec: MoESpec, X, y=None) -> tuple[Array, Array | None]:
@@ -254,21 +257,12 @@ def regression_gradient(spec: MoESpec, G: MixingMeasure, X) -> dict[str, Array]:
     }
 
 
-def _log_joint(G: MixingMeasure, z: Array, h: Array, y: Array) -> Array:
-    """log g_i(x) + log N(y; h_i(x), nu_i) for softmax gates with logits z, shape (k, n)."""
-    resid = y[None, :] - h
-    log_joint = resid * resid
-    log_joint /= G.var[:, None]
-    log_joint += (_LOG_2PI + np.log(G.var))[:, None]
-    log_joint *= -0.5
-    log_joint += z
-    log_joint -= _logsumexp0(z)
-    return log_joint
-
-
-def _logsumexp0(a: Array) -> Array:
-    m = a.max(axis=0)
-    return m + np.log(np.exp(a - m).sum(axis=0))
+def gaussian_log_joint(nx: Backend, z, h, y, var):
+    """log g_i(x) + log N(y; h_i(x), var_i), shape (k, n), for softmax gates with logits z (k, n), expert means
+    h (k, n) and variances var (k, 1), on the array backend nx: the one formula behind `log_density` and EM's
+    E-step."""
+    resid = y - h
+    return z - nx.logsumexp(z, axis=0) - 0.5 * (resid * resid / var + (_LOG_2PI + nx.log(var)))
 
 
 def log_density(spec: MoESpec, G: MixingMeasure, X, y) -> Array:
@@ -277,7 +271,7 @@ def log_density(spec: MoESpec, G: MixingMeasure, X, y) -> Array:
     _check_gaussian(spec, G)
     feats = Features.of(spec, X)
     z, _, _, h = _logits_and_experts(spec, feats.stack(G), feats)
-    return _logsumexp0(_log_joint(G, z, h, y))
+    return _NUMPY.logsumexp(gaussian_log_joint(_NUMPY, z, h, y, G.var[:, None]), axis=0)[0]
 
 
 def log_density_gradient(spec: MoESpec, G: MixingMeasure, X, y) -> dict[str, Array]:
@@ -286,8 +280,7 @@ def log_density_gradient(spec: MoESpec, G: MixingMeasure, X, y) -> dict[str, Arr
     _check_gaussian(spec, G)
     feats = Features.of(spec, X)
     z, u, a, h = _logits_and_experts(spec, feats.stack(G), feats)
-    log_joint = _log_joint(G, z, h, y)
-    resp = np.exp(log_joint - _logsumexp0(log_joint))
+    resp, _ = _NUMPY.softmax_logsumexp(gaussian_log_joint(_NUMPY, z, h, y, G.var[:, None]), axis=0)
     dz = resp - spec.gate_family.gates(z.copy())
     resid = y[None, :] - h
     var = G.var[:, None]

@@ -38,7 +38,7 @@ from scipy.optimize import minimize
 
 from ..backend import Backend, NumpyBackend, get_backend, single_threaded_blas
 from ..measure import MixingMeasure, MoESpec
-from ..model import _LOG_2PI, Features, sample_slices
+from ..model import Features, gaussian_log_joint, sample_slices
 from .result import StartResult
 
 Array = np.ndarray
@@ -122,12 +122,11 @@ def _e_step(G: MixingMeasure, design: _Design) -> tuple[float, Array]:
     backend: log g_i + log N(y; psi . expert_i, var_i) per sample, normalised over the atoms."""
     nx = design.nx
     bias, gate, expert = nx.asarray(G.bias[:, None]), nx.asarray(G.gate), nx.asarray(G.expert)
-    scale, offset = nx.asarray(-0.5 / G.var[:, None]), nx.asarray(-0.5 * (_LOG_2PI + np.log(G.var))[:, None])
+    var = nx.asarray(G.var[:, None])
     ll, T = 0.0, 0.0
     for c in design.chunks:
-        z = nx.matmul(gate, c.phi) + bias
-        resid = c.y - nx.matmul(expert, c.psi)
-        resp, log_dens = nx.softmax_logsumexp(z - nx.logsumexp(z, axis=0) + (resid * resid * scale + offset), 0)
+        log_joint = gaussian_log_joint(nx, nx.matmul(gate, c.phi) + bias, nx.matmul(expert, c.psi), c.y, var)
+        resp, log_dens = nx.softmax_logsumexp(log_joint, 0)
         ll = ll + nx.sum(log_dens, axis=None)
         T = T + nx.matmul(resp, nx.swap_last(c.rows))
     return float(nx.to_numpy(ll)), nx.to_numpy(T)
