@@ -261,8 +261,13 @@ def gaussian_log_joint(nx: Backend, z, h, y, var):
     """log g_i(x) + log N(y; h_i(x), var_i), shape (k, n), for softmax gates with logits z (k, n), expert means
     h (k, n) and variances var (k, 1), on the array backend nx: the one formula behind `log_density` and EM's
     E-step."""
-    resid = y - h
-    return z - nx.logsumexp(z, axis=0) - 0.5 * (resid * resid / var + (_LOG_2PI + nx.log(var)))
+    log_joint = y - h  # then in place (NumPy and torch alike): one (k, n) array, as EM's large n needs
+    log_joint *= log_joint
+    log_joint *= -0.5 / var
+    log_joint -= 0.5 * (_LOG_2PI + nx.log(var))
+    log_joint += z
+    log_joint -= nx.logsumexp(z, axis=0)
+    return log_joint
 
 
 def log_density(spec: MoESpec, G: MixingMeasure, X, y) -> Array:
