@@ -11,12 +11,14 @@ line search reaches machine precision, or the iteration cap (`max_iter` over all
 Noise-free designs (`closest_measure`, `profile`) use `trf_fit`, scipy's trust-region reflective
 Gauss-Newton on the full Jacobian: the objective tends to zero there and only a relative tolerance resolves it.
 
-Box bounds stop runaway fits (saturated tanh experts, cancelling linear experts): `bounds` is None
-(unconstrained: the estimator the theory studies), a number B (every parameter in [-B, B]), a dict
-{block: (low, high)} over the blocks "bias", "gate", "expert" (missing blocks unconstrained), or a pair
-(lower, upper) of arrays in `MixingMeasure.to_vector` layout (what `closest_measure` uses). Starts are
-clipped into the box. `expert_min` adds the expert-size half of a parameter space without null atoms
-(THEORY.md s1; the weight half is a lower bound on the bias): per start, a sign-split box (`null_free_box`).
+Box bounds stop runaway fits (saturated tanh experts, cancelling linear experts, over-specified softmax fits
+that run off towards tiny experts with large inner weights: benchmarks/softmax_box.py) and give the compact
+parameter space the theory's least-squares estimator is defined on: `bounds` is None (unconstrained), a
+number B (every parameter in [-B, B]), a dict {block: (low, high)} over the blocks "bias", "gate", "expert"
+(missing blocks unconstrained), or a pair (lower, upper) of arrays in `MixingMeasure.to_vector` layout (what
+`closest_measure` uses). Starts are clipped into the box. `expert_min` adds the expert-size half of a
+parameter space without null atoms (THEORY.md s1; the weight half is a lower bound on the bias): per start, a
+sign-split box (`null_free_box`).
 """
 
 from __future__ import annotations
