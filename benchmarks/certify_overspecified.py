@@ -1,10 +1,10 @@
 """How often over-specified least-squares fits certify: L-BFGS-B against Levenberg-Marquardt (issue 10).
 
-Comparison (b)'s cells (`experiments/sigmoid_vs_softmax_same.toml`: k* = 2, k = 3, X ~ U[-1, 1], sigma =
-1e-3), in the spaces its configs fit them in (the box |parameters| <= 20; sigmoid also weights >= 0.05 and
-expert_min = 0.1), from the same truth-free starts (one per strategy, one round) and at most `--max-iter`
-iterations per start, once with each solver. Per sample and solver: the best RSS in sigma^2 above the better
-of the two, whether the best fit is certified, how many starts certified, and seconds.
+Comparison (b)'s four series as `experiments/sigmoid_vs_softmax_same.toml` defines them (k* = 2, k = 3,
+X ~ U[-1, 1], sigma = 1e-3), in the spaces the config fits them in (the box |parameters| <= 20; sigmoid also
+weights >= 0.05 and expert_min = 0.1), from the same truth-free starts (one per strategy, one round) and at
+most `--max-iter` iterations per start, once with each solver. Per sample and solver: the best RSS in sigma^2
+above the better of the two, whether the best fit is certified, how many starts certified, and seconds.
 
     .venv/bin/python benchmarks/certify_overspecified.py --n 800 --reps 4 --max-iter 5000
 """
@@ -13,43 +13,33 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import pandas as pd
 
 import moe_sim as ms
 from moe_sim.plots import to_markdown
 
-SIGMA = 1e-3
-BOX = {"bias": (-20.0, 20.0), "gate": (-20.0, 20.0), "expert": (-20.0, 20.0)}
-SIGMOID_BOX = {**BOX, "bias": (-2.944, 20.0)}
-CELLS = {  # spec, bounds, expert_min, truth
-    "gelu_softmax": (ms.MoESpec(gate="softmax", expert="scaled_gelu"), BOX, 0.0,
-                     ms.MixingMeasure(bias=[0.0, 0.0], gate=[[3.0], [0.0]], expert=[[2.0, 3.0], [-1.0, 2.0]])),
-    "gelu_sigmoid": (ms.MoESpec(gate="sigmoid", expert="scaled_gelu"), SIGMOID_BOX, 0.1,
-                     ms.MixingMeasure(bias=[0.0, 0.0], gate=[[3.0], [-3.0]], expert=[[2.0, 3.0], [-1.0, 2.0]])),
-    "linear_softmax": (ms.MoESpec(gate="softmax", expert="linear"), BOX, 0.0,
-                       ms.MixingMeasure(bias=[0.0, 0.0], gate=[[3.0], [0.0]], expert=[[1.0, 4.0], [-1.0, -3.0]])),
-    "linear_sigmoid": (ms.MoESpec(gate="sigmoid", expert="linear"), SIGMOID_BOX, 0.1,
-                       ms.MixingMeasure(bias=[0.0, 0.0], gate=[[3.0], [-3.0]], expert=[[1.0, 4.0], [-1.0, -3.0]])),
-}
+COMPARISON_B = ms.load_config(Path(__file__).resolve().parents[1] / "experiments" / "sigmoid_vs_softmax_same.toml")
 
 
 def rows(n: int, reps: int, max_iter: int) -> list[dict]:
-    out = []
-    for cell, (spec, bounds, expert_min, truth) in CELLS.items():
+    cfg, out = COMPARISON_B, []
+    for series in cfg.series:
+        space = {key: value for key, value in series.options.items() if key != "solver"}
         for rep in range(reps):
-            X, y = ms.sample(spec, truth, n, rng=rep, noise_sd=SIGMA, bounds=(-1.0, 1.0))
+            X, y = ms.sample(series.spec, series.truth, n, rng=rep, noise_sd=cfg.noise_sd, design=cfg.design,
+                             bounds=cfg.bounds)
             fits = {}
             for solver in ("lbfgsb", "lm"):
-                estimator = ms.LeastSquares(solver=solver, bounds=bounds, expert_min=expert_min, max_iter=max_iter,
-                                            search=ms.Search(max_rounds=1))
+                estimator = ms.LeastSquares(solver=solver, max_iter=max_iter, search=ms.Search(max_rounds=1), **space)
                 start = time.perf_counter()
-                fits[solver] = (ms.fit(spec, X, y, 3, estimator=estimator, rng=rep, n_starts=1),
+                fits[solver] = (ms.fit(series.spec, X, y, series.k, estimator=estimator, rng=rep, n_starts=1),
                                 time.perf_counter() - start)
             best = min(fit.objective for fit, _ in fits.values())
             for solver, (fit, seconds) in fits.items():
-                out.append({"cell": cell, "n": n, "sample": rep, "solver": solver,
-                            "RSS - best (sigma^2)": (fit.objective - best) / SIGMA**2,
+                out.append({"cell": series.label, "n": n, "sample": rep, "solver": solver,
+                            "RSS - best (sigma^2)": (fit.objective - best) / cfg.noise_sd**2,
                             "best certified": fit.converged,
                             "starts certified": sum(s.converged for s in fit.starts),
                             "starts": len(fit.starts), "seconds": seconds})

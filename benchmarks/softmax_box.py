@@ -1,12 +1,12 @@
 """Over-specified softmax least squares with and without a bounded parameter space (issue 11).
 
-Comparison (b)'s softmax cells (`experiments/sigmoid_vs_softmax_same.toml`: k* = 2, k = 3, X ~ U[-1, 1],
-sigma = 1e-3), each sample fitted twice by the default search (`ms.fit`, truth-free starts): unbounded, as the
-softmax series were fitted, and in the box the sigmoid series use, without their weight floor (bias, gate and
-expert parameters in [-20, 20]). Per fit: the RSS in units of sigma^2 above the better of the two, the largest
-|expert parameter| and |(bias, gate)| (softmax translation pinned: the last atom's bias and gate at zero), the
-Voronoi loss to G* (D1 for GELU, D2r for linear, as the experiment measures) and whether the search met its
-stopping rule and the best fit was certified.
+Comparison (b)'s softmax series as `experiments/sigmoid_vs_softmax_same.toml` defines them (k* = 2, k = 3,
+X ~ U[-1, 1], sigma = 1e-3), each sample fitted twice by the default search (`ms.fit`, truth-free starts,
+L-BFGS-B): unbounded, as the softmax series were fitted before, and in the box the config now gives them, the
+sigmoid series' box without its floors (bias, gate and expert parameters in [-20, 20]). Per fit: the RSS in
+units of sigma^2 above the better of the two, the largest |expert parameter| and |(bias, gate)| (softmax
+translation pinned: the last atom's bias and gate at zero), the Voronoi loss to G* the series measures (D1
+for GELU, D2r for linear), and whether the search met its stopping rule and the best fit was certified.
 
     .venv/bin/python benchmarks/softmax_box.py --n 800 3200 --reps 3
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,14 +23,8 @@ import pandas as pd
 import moe_sim as ms
 from moe_sim.plots import to_markdown
 
-SIGMA = 1e-3
-BOX = {"bias": (-20.0, 20.0), "gate": (-20.0, 20.0), "expert": (-20.0, 20.0)}
-CELLS = {
-    "gelu_softmax": (ms.MoESpec(gate="softmax", expert="scaled_gelu"), "D1",
-                     ms.MixingMeasure(bias=[0.0, 0.0], gate=[[3.0], [0.0]], expert=[[2.0, 3.0], [-1.0, 2.0]])),
-    "linear_softmax": (ms.MoESpec(gate="softmax", expert="linear"), "D2r",
-                       ms.MixingMeasure(bias=[0.0, 0.0], gate=[[3.0], [0.0]], expert=[[1.0, 4.0], [-1.0, -3.0]])),
-}
+COMPARISON_B = ms.load_config(Path(__file__).resolve().parents[1] / "experiments" / "sigmoid_vs_softmax_same.toml")
+SOFTMAX_SERIES = [s for s in COMPARISON_B.series if s.spec.gate_name == "softmax"]
 
 
 def largest_parameters(G: ms.MixingMeasure) -> tuple[float, float]:
@@ -40,23 +35,24 @@ def largest_parameters(G: ms.MixingMeasure) -> tuple[float, float]:
 
 
 def rows(sizes, reps: int) -> list[dict]:
-    out = []
-    for cell, (spec, loss, truth) in CELLS.items():
+    cfg, out = COMPARISON_B, []
+    for series in SOFTMAX_SERIES:
+        spec, truth = series.spec, series.truth
         for n in sizes:
             for rep in range(reps):
-                X, y = ms.sample(spec, truth, n, rng=rep, noise_sd=SIGMA, bounds=(-1.0, 1.0))
+                X, y = ms.sample(spec, truth, n, rng=rep, noise_sd=cfg.noise_sd, design=cfg.design, bounds=cfg.bounds)
                 fits = {}
-                for space, bounds in (("unbounded", None), ("box 20", BOX)):
+                for space, bounds in (("unbounded", None), ("box 20", series.options["bounds"])):
                     start = time.perf_counter()
-                    fit = ms.fit(spec, X, y, 3, estimator=ms.LeastSquares(bounds=bounds), rng=rep)
+                    fit = ms.fit(spec, X, y, series.k, estimator=ms.LeastSquares(bounds=bounds), rng=rep)
                     fits[space] = (fit, time.perf_counter() - start)
                 best = min(f.objective for f, _ in fits.values())
                 for space, (fit, seconds) in fits.items():
                     expert, gate = largest_parameters(fit.measure)
-                    out.append({"cell": cell, "n": n, "sample": rep, "space": space,
-                                "RSS - best (sigma^2)": (fit.objective - best) / SIGMA**2,
+                    out.append({"cell": series.label, "n": n, "sample": rep, "space": space,
+                                "RSS - best (sigma^2)": (fit.objective - best) / cfg.noise_sd**2,
                                 "max |expert|": expert, "max |bias, gate|": gate,
-                                "loss to G*": ms.voronoi_loss(spec, fit.measure, truth, loss),
+                                "loss to G*": ms.voronoi_loss(spec, fit.measure, truth, series.loss),
                                 "search met": fit.search.met, "certified": fit.converged, "seconds": seconds})
                     print(out[-1], flush=True)
     return out
