@@ -1,12 +1,14 @@
 """How often over-specified least-squares fits certify: L-BFGS-B against Levenberg-Marquardt (issue 10).
 
-Comparison (b)'s four series as `experiments/sigmoid_vs_softmax_same.toml` defines them (k* = 2, k = 3,
-X ~ U[-1, 1], sigma = 1e-3), in the spaces the config fits them in (the box |parameters| <= 20; sigmoid also
-weights >= 0.05 and expert_min = 0.1), from the same truth-free starts (one per strategy, one round) and at
-most `--max-iter` iterations per start, once with each solver. Per sample and solver: the best RSS in sigma^2
-above the better of the two, whether the best fit is certified, how many starts certified, and seconds.
+The series of an experiment config as it defines them (default comparison (b),
+`experiments/sigmoid_vs_softmax_same.toml`: k* = 2, k = 3, X ~ U[-1, 1], sigma = 1e-3), in the spaces it fits
+them in (there: the box |parameters| <= 20; sigmoid also weights >= 0.05 and expert_min = 0.1), from the same
+truth-free starts (one per strategy, one round) and at most `--max-iter` iterations per start, once with each
+solver. Per sample and solver: the best RSS in sigma^2 above the better of the two, whether the best fit is
+certified, how many starts certified, and seconds.
 
     .venv/bin/python benchmarks/certify_overspecified.py --n 800 --reps 4 --max-iter 5000
+    .venv/bin/python benchmarks/certify_overspecified.py --config sample_complexity --n 3000 --reps 4
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ import pandas as pd
 import moe_sim as ms
 from moe_sim.plots import to_markdown
 
-COMPARISON_B = ms.load_config(Path(__file__).resolve().parents[1] / "experiments" / "sigmoid_vs_softmax_same.toml")
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
-def rows(n: int, reps: int, max_iter: int) -> list[dict]:
-    cfg, out = COMPARISON_B, []
+def rows(config: str, n: int, reps: int, max_iter: int) -> list[dict]:
+    cfg, out = ms.load_config(EXPERIMENTS / f"{config}.toml"), []
     for series in cfg.series:
         space = {key: value for key, value in series.options.items() if key != "solver"}
         for rep in range(reps):
@@ -49,11 +51,12 @@ def rows(n: int, reps: int, max_iter: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="sigmoid_vs_softmax_same", help="an experiment in experiments/")
     parser.add_argument("--n", type=int, default=800)
     parser.add_argument("--reps", type=int, default=4)
     parser.add_argument("--max-iter", type=int, default=5000)
     args = parser.parse_args()
-    table = pd.DataFrame(rows(args.n, args.reps, args.max_iter))
+    table = pd.DataFrame(rows(args.config, args.n, args.reps, args.max_iter))
     summary = table.groupby(["cell", "solver"]).agg(
         lower_or_equal=("RSS - best (sigma^2)", lambda v: int((v <= 0.01).sum())),
         worst_miss=("RSS - best (sigma^2)", "max"), best_certified=("best certified", "sum"),
