@@ -33,6 +33,8 @@ TABLE_COLUMNS = ["series", "quantity", "true_atom", "cell_size", "replicates", "
 SUMMARY_COLUMNS = ["series", "quantity", "true_atom", "cell_size", "n", "center", "ci_low", "ci_high", "replicates",
                    "failed"]
 
+EXTRAPOLATION_SHOWN = 100  # the sample-complexity axis ends at this multiple of the largest grid n
+
 
 def experiment_of(results_dir) -> Experiment:
     """The experiment a results directory was produced from (its manifest's effective config)."""
@@ -245,15 +247,20 @@ def attention_panels(exp: AttentionExperiment, rows: pd.DataFrame) -> list[dict]
 
 
 def plot_sample_complexity(table: pd.DataFrame, exp: Experiment, out_dir) -> list[Path]:
-    """n needed to reach the target error per series, with bootstrap 95% intervals (log scale)."""
+    """n needed to reach the target error per series, with bootstrap 95% intervals (log scale). The axis stops
+    at EXTRAPOLATION_SHOWN times the largest grid n: a series whose line reaches the target only beyond it (a
+    plateau's line can put n at 1e287) is named in its label, and interval ends beyond it are cut there."""
     fig = Figure(figsize=(6, 0.5 + 0.45 * len(table)))
     ax = fig.subplots()
     y = np.arange(len(table))
-    ok = np.isfinite(table.n_needed.to_numpy())
-    lo = np.clip(table.n_needed - table.ci_low, 0, None)[ok]
-    hi = np.clip(table.ci_high - table.n_needed, 0, None)[ok].replace(np.inf, 0)
-    ax.errorbar(table.n_needed[ok], y[ok], xerr=np.vstack([lo, hi]), fmt="o", capsize=3)
-    labels = [s if f else f"{s} (no decay)" for s, f in zip(table.series, ok)]
+    cap = EXTRAPOLATION_SHOWN * table.grid_max.max() if len(table) else np.inf
+    n_needed = table.n_needed.to_numpy()
+    ok = n_needed <= cap
+    lo = np.clip(n_needed - table.ci_low, 0, None)[ok]
+    hi = np.clip(np.minimum(table.ci_high, cap) - n_needed, 0, None)[ok]
+    ax.errorbar(n_needed[ok], y[ok], xerr=np.vstack([lo, hi]), fmt="o", capsize=3)
+    labels = [s if shown else f"{s} (no decay)" if not np.isfinite(n) else f"{s} (beyond {EXTRAPOLATION_SHOWN}x the grid)"
+              for s, n, shown in zip(table.series, n_needed, ok)]
     ax.set_yticks(y, labels, fontsize=7)
     if ok.any():
         ax.set_xscale("log")

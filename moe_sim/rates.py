@@ -291,7 +291,8 @@ def _select(rows: pd.DataFrame, target: float, quantity: str, true_atom: int, st
 def sample_complexity(rows: pd.DataFrame, target: float, quantity: str = "loss", true_atom: int = -1,
                       stat: str = "median", n_boot: int = 1000, rng=0) -> pd.DataFrame:
     """Per series: the n at which the fitted log-log line of `quantity` reaches `target`, with a bootstrap
-    95% interval, and the smallest n of the grid whose statistic is already below the target."""
+    95% interval, the smallest n of the grid whose statistic is already below the target, and the grid's largest
+    n (`grid_max`: how far n_needed extrapolates the line)."""
     sel = _select(rows, target, quantity, true_atom, stat)
     out = []
     for key, sub in sel.groupby(["series_index", "series", "label", "k"], sort=True):
@@ -303,7 +304,7 @@ def sample_complexity(rows: pd.DataFrame, target: float, quantity: str = "loss",
         below = grid[boot[0] <= target]
         out.append({**dict(zip(["series_index", "series", "label", "k"], key)), "quantity": quantity,
                     "target": target, "slope": slope[0], "n_needed": n_star[0], "ci_low": lo, "ci_high": hi,
-                    "first_grid_n_below": int(below[0]) if below.size else np.nan})
+                    "first_grid_n_below": int(below[0]) if below.size else np.nan, "grid_max": int(grid[-1])})
     return pd.DataFrame(out)
 
 

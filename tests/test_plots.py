@@ -1,10 +1,12 @@
-"""Figures and tables of `report`: the diagnostics grid, the headline figure and the sample-complexity ratios."""
+"""Figures and tables of `report`: the diagnostics grid, the headline figure, the sample complexities and ratios."""
 
+import numpy as np
 import pandas as pd
 
-from moe_sim import store
+from moe_sim import plots, store
 from moe_sim.config import parse_config
-from moe_sim.plots import plot_headline, report
+from moe_sim.plots import EXTRAPOLATION_SHOWN, plot_headline, plot_sample_complexity, report
+from moe_sim.rates import sample_complexity
 from moe_sim.theory import NO_CONVERGENCE
 
 from .test_rates import synthetic_rows
@@ -77,3 +79,20 @@ def test_headline_draws_one_panel_per_entry_and_nothing_without_entries(tmp_path
     assert png.name == "cmp_headline.png" and pdf.stat().st_size > 0
     assert plot_headline(rows, comparison(headline=[]), tmp_path / "none") == []
     assert not (tmp_path / "none").exists()
+
+
+def test_sample_complexity_figure_survives_a_plateau_whose_line_reaches_the_target_at_1e200(tmp_path, monkeypatch):
+    rows = synthetic_rows(0.5, series=("decays/k=2",))
+    plateau = synthetic_rows(0.01, series=("plateau/k=2",), sd=0.01)  # 2 n^-0.01 = 0.02 at n = 1e200
+    flat = synthetic_rows(-0.1, series=("grows/k=2",))
+    rows = pd.concat([rows, plateau.assign(series_index=1), flat.assign(series_index=2)], ignore_index=True)
+    table = sample_complexity(rows, 0.02)
+    assert 1e150 < table.n_needed.iloc[1] < 1e250 and np.isinf(table.n_needed.iloc[2])
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, out_dir, name: drawn.setdefault("fig", fig) and [name])
+    plot_sample_complexity(table, comparison(target_error=0.02), tmp_path)
+    ax = drawn["fig"].axes[0]
+    drawn["fig"].canvas.draw()  # the crash was here: a log axis out to 1e287
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["decays/k=2", f"plateau/k=2 (beyond {EXTRAPOLATION_SHOWN}x the grid)", "grows/k=2 (no decay)"]
+    assert ax.get_xlim()[1] <= EXTRAPOLATION_SHOWN * table.grid_max.max() * 10

@@ -163,6 +163,7 @@ def test_sample_complexity_inverts_the_fitted_line():
     np.testing.assert_allclose(out.loc["slow", "n_needed"], 1e8, rtol=1e-6)
     assert out.loc["fast", "first_grid_n_below"] == 10000
     assert np.isnan(out.loc["slow", "first_grid_n_below"])
+    assert (out.grid_max == GRID[-1]).all()
 
 
 def test_sample_complexity_ratio_recovers_a_known_ratio():
