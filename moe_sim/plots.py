@@ -259,7 +259,8 @@ def plot_sample_complexity(table: pd.DataFrame, exp: Experiment, out_dir) -> lis
     lo = np.clip(n_needed - table.ci_low, 0, None)[ok]
     hi = np.clip(np.minimum(table.ci_high, cap) - n_needed, 0, None)[ok]
     ax.errorbar(n_needed[ok], y[ok], xerr=np.vstack([lo, hi]), fmt="o", capsize=3)
-    labels = [s if shown else f"{s} (no decay)" if not np.isfinite(n) else f"{s} (beyond {EXTRAPOLATION_SHOWN}x the grid)"
+    beyond = f"(beyond {EXTRAPOLATION_SHOWN}x the grid)"
+    labels = [s if shown else f"{s} (no decay)" if not np.isfinite(n) else f"{s} {beyond}"
               for s, n, shown in zip(table.series, n_needed, ok)]
     ax.set_yticks(y, labels, fontsize=7)
     if ok.any():
