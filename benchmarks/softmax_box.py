@@ -1,14 +1,16 @@
 """Over-specified softmax least squares with and without a bounded parameter space (issue 11).
 
-Comparison (b)'s softmax series as `experiments/sigmoid_vs_softmax_same.toml` defines them (k* = 2, k = 3,
-X ~ U[-1, 1], sigma = 1e-3), each sample fitted twice by the default search (`ms.fit`, truth-free starts,
-L-BFGS-B): unbounded, as the softmax series were fitted before, and in the box the config now gives them, the
-sigmoid series' box without its floors (bias, gate and expert parameters in [-20, 20]). Per fit: the RSS in
+The softmax series of an experiment config (default comparison (b), `experiments/sigmoid_vs_softmax_same.toml`:
+k* = 2, k = 3, X ~ U[-1, 1], sigma = 1e-3), each sample fitted twice by the default search (`ms.fit`,
+truth-free starts, L-BFGS-B): unbounded, as the softmax series were fitted before, and in a box: the one the
+config gives the series (comparison (b): the sigmoid series' box without its floors), or, for a series the
+config leaves unbounded, bias, gate and expert parameters in [-BOX, BOX] (`--box`, default 20). Per fit: the RSS in
 units of sigma^2 above the better of the two, the largest |expert parameter| and |(bias, gate)| (softmax
 translation pinned: the last atom's bias and gate at zero), the Voronoi loss to G* the series measures (D1
 for GELU, D2r for linear), and whether the search met its stopping rule and the best fit was certified.
 
     .venv/bin/python benchmarks/softmax_box.py --n 800 3200 --reps 3
+    .venv/bin/python benchmarks/softmax_box.py --config softmax_lse_experts --n 1000 4000 --reps 3
 """
 
 from __future__ import annotations
@@ -23,8 +25,7 @@ import pandas as pd
 import moe_sim as ms
 from moe_sim.plots import to_markdown
 
-COMPARISON_B = ms.load_config(Path(__file__).resolve().parents[1] / "experiments" / "sigmoid_vs_softmax_same.toml")
-SOFTMAX_SERIES = [s for s in COMPARISON_B.series if s.spec.gate_name == "softmax"]
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def largest_parameters(G: ms.MixingMeasure) -> tuple[float, float]:
@@ -34,15 +35,18 @@ def largest_parameters(G: ms.MixingMeasure) -> tuple[float, float]:
     return float(np.max(np.abs(G.expert))), float(np.max(np.abs(np.c_[pinned.bias, pinned.gate])))
 
 
-def rows(sizes, reps: int) -> list[dict]:
-    cfg, out = COMPARISON_B, []
-    for series in SOFTMAX_SERIES:
+def rows(config: str, sizes, reps: int, half_width: float) -> list[dict]:
+    cfg, out = ms.load_config(EXPERIMENTS / f"{config}.toml"), []
+    default_box = {name: [-half_width, half_width] for name in ("bias", "gate", "expert")}
+    for series in [s for s in cfg.series if s.spec.gate_name == "softmax"]:
         spec, truth = series.spec, series.truth
+        box = series.options.get("bounds") or default_box
         for n in sizes:
             for rep in range(reps):
                 X, y = ms.sample(spec, truth, n, rng=rep, noise_sd=cfg.noise_sd, design=cfg.design, bounds=cfg.bounds)
                 fits = {}
-                for space, bounds in (("unbounded", None), ("box 20", series.options["bounds"])):
+                boxed = f"box {max(abs(v) for v in box['expert']):g}"
+                for space, bounds in (("unbounded", None), (boxed, box)):
                     start = time.perf_counter()
                     fit = ms.fit(spec, X, y, series.k, estimator=ms.LeastSquares(bounds=bounds), rng=rep)
                     fits[space] = (fit, time.perf_counter() - start)
@@ -60,10 +64,12 @@ def rows(sizes, reps: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="sigmoid_vs_softmax_same", help="an experiment in experiments/")
     parser.add_argument("--n", type=int, nargs="+", default=[800, 3200])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--box", type=float, default=20.0, help="half-width of the box for unbounded series")
     args = parser.parse_args()
-    table = pd.DataFrame(rows(args.n, args.reps))
+    table = pd.DataFrame(rows(args.config, args.n, args.reps, args.box))
     print(to_markdown(table))
     summary = table.groupby(["cell", "n", "space"]).agg(
         worse_by_median=("RSS - best (sigma^2)", "median"),
