@@ -41,12 +41,12 @@ def rows(config: str, sizes, reps: int, half_width: float) -> list[dict]:
     for series in [s for s in cfg.series if s.spec.gate_name == "softmax"]:
         spec, truth = series.spec, series.truth
         box = series.options.get("bounds") or default_box
+        spaces = (("unbounded", None), (f"box {max(abs(v) for v in box['expert']):g}", box))
         for n in sizes:
             for rep in range(reps):
                 X, y = ms.sample(spec, truth, n, rng=rep, noise_sd=cfg.noise_sd, design=cfg.design, bounds=cfg.bounds)
                 fits = {}
-                boxed = f"box {max(abs(v) for v in box['expert']):g}"
-                for space, bounds in (("unbounded", None), (boxed, box)):
+                for space, bounds in spaces:
                     start = time.perf_counter()
                     fit = ms.fit(spec, X, y, series.k, estimator=ms.LeastSquares(bounds=bounds), rng=rep)
                     fits[space] = (fit, time.perf_counter() - start)
