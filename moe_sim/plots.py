@@ -5,8 +5,9 @@ Markdown), the diagnostics figure NAME.png/pdf (log-log, one row of panels per s
 quantity; attention experiments: one panel per quantity, the series overlaid, `plot_overlay`), the headline
 figure NAME_headline.png/pdf when the config declares `analysis.headline` (at most four panels, the declared
 series on the same axes), and, when the config sets `analysis.target_error`, a sample-complexity figure and
-table, with the sample-complexity ratios of `analysis.ratios` (NAME_ratios); the pairs of `analysis.ratios`
-also get their slopes, predictions and verdicts side by side (NAME_comparison).
+table, with the sample-complexity ratios of `analysis.ratios` on all fits and on the certified ones alone
+(NAME_ratios); the pairs of `analysis.ratios` also get their slopes, predictions and verdicts side by side
+(NAME_comparison).
 """
 
 from __future__ import annotations
@@ -300,8 +301,9 @@ def report(results_dir, out_dir, stat: str | None = None, exp: Experiment | None
         paths += write_table(complexity, out_dir, f"{exp.name}_sample_complexity", columns=None)
         paths += plot_sample_complexity(complexity, exp, out_dir)
         if exp.ratios:
-            ratios = sample_complexity_ratio(rows, exp.ratios, exp.target_error, exp.target_quantity,
-                                             exp.target_atom, stat)
+            ratios = pd.concat([sample_complexity_ratio(rows, exp.ratios, exp.target_error, exp.target_quantity,
+                                                        exp.target_atom, stat, certified_only=only)
+                                for only in (False, True)], ignore_index=True)
             paths += write_table(ratios, out_dir, f"{exp.name}_ratios", columns=None)
     if exp.ratios:
         table = comparison_table(rates, exp.ratios, exp.quantities)

@@ -309,19 +309,27 @@ def sample_complexity(rows: pd.DataFrame, target: float, quantity: str = "loss",
 
 
 def sample_complexity_ratio(rows: pd.DataFrame, pairs, target: float, quantity: str = "loss",
-                            true_atom: int = -1, stat: str = "median", n_boot: int = 1000, rng=0) -> pd.DataFrame:
+                            true_atom: int = -1, stat: str = "median", n_boot: int = 1000, rng=0,
+                            certified_only: bool = False) -> pd.DataFrame:
     """Per pair (numerator, denominator) of series labels: n_numerator / n_denominator, the ratio of the sample
     sizes at which each series' fitted log-log line of `quantity` reaches `target` (`sample_complexity`'s n,
     read on the fitted line, not on the medians), with a bootstrap 95% interval: each draw resamples the
     replicates within each n of both series independently. Above 1: the numerator needs more samples.
     NaN where a series has fewer than two sample sizes or neither line decays, inf/0 where one does not;
-    `within_grids`: both n lie inside their series' n grids (otherwise the ratio extrapolates the lines)."""
+    `within_grids`: both n lie inside their series' n grids (otherwise the ratio extrapolates the lines).
+    `certified_only` keeps the certified fits alone (`fits` says which, `fits_numerator` / `fits_denominator`
+    how many): a ratio that holds only with uncertified fits is the optimiser's, not the estimator's."""
     sel = _select(rows, target, quantity, true_atom, stat)
+    if certified_only:
+        sel = sel[sel.certified.eq(True)]
     out = []
     for numerator, denominator in pairs:
         found = [_n_needed(sel[sel.label == label], target, stat, n_boot, group_rng(rng, label, quantity, true_atom))
                  for label in (numerator, denominator)]
-        record = {"numerator": numerator, "denominator": denominator, "quantity": quantity, "target": target}
+        record = {"numerator": numerator, "denominator": denominator, "quantity": quantity, "target": target,
+                  "fits": "certified" if certified_only else "all",
+                  "fits_numerator": int((sel.label == numerator).sum()),
+                  "fits_denominator": int((sel.label == denominator).sum())}
         if any(f is None for f in found):
             out.append({**record, "n_numerator": np.nan, "n_denominator": np.nan, "ratio": np.nan,
                         "ci_low": np.nan, "ci_high": np.nan, "within_grids": False})

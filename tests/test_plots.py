@@ -57,9 +57,12 @@ def test_report_writes_the_headline_and_diagnostics_figures_and_the_ratios(tmp_p
     assert {"cmp.png", "cmp.pdf", "cmp_headline.png", "cmp_headline.pdf", "cmp_ratios.csv",
             "cmp_comparison.md"} <= names
     assert all(p.stat().st_size > 0 for p in paths)
-    ratio = pd.read_csv(tmp_path / "figures" / "cmp_ratios.csv").iloc[0]
+    ratios = pd.read_csv(tmp_path / "figures" / "cmp_ratios.csv").set_index("fits")
+    assert list(ratios.index) == ["all", "certified"], "each ratio on all fits and on the certified ones alone"
+    ratio = ratios.loc["all"]
     assert (ratio.numerator, ratio.denominator) == ("sigmoid", "softmax")
     assert ratio.ci_low <= 4.0 <= ratio.ci_high
+    assert ratios.loc["certified", "fits_numerator"] == ratio.fits_numerator  # every fit here is certified
     worst = rates[(rates.quantity == "param:expert:worst") & (rates.label == "softmax")]
     assert sorted(worst.cell_size) == [-1, 1, 2], "pooled row and one row per cell size"
     # comparison (b): the sigmoid fit of a regime-2 truth measured against G* has no rate to converge at

@@ -188,6 +188,25 @@ def test_sample_complexity_ratio_recovers_a_known_ratio():
     assert ratio.ci_high - ratio.ci_low < 4.0 * (np.exp(2 * tolerance) - 1)
 
 
+def test_sample_complexity_ratio_on_certified_fits_alone_sets_uncertified_ones_aside():
+    """Three in four sigmoid fits are uncertified and stuck at errors of 2 to 40 at every n: with them the sigmoid
+    median does not decay (ratio inf); on the certified fits alone the known ratio 4 comes back. Where no fit is
+    certified the row is NaN, not an error."""
+    rows = synthetic_rows(0.5, reps=40, rng=3, series=("sigmoid/k=3", "softmax/k=3"))
+    rows.loc[rows.label == "softmax", "value"] /= 2.0
+    rows["certified"] = ~((rows.label == "sigmoid") & (rows.replicate % 4 != 0))
+    rows.loc[~rows.certified, "value"] = 1.0 + rows.replicate[~rows.certified]  # the same at every n
+    pairs = [("sigmoid", "softmax")]
+    every = sample_complexity_ratio(rows, pairs, target=0.02, rng=1).iloc[0]
+    certified = sample_complexity_ratio(rows, pairs, target=0.02, rng=1, certified_only=True).iloc[0]
+    assert (every.fits, every.fits_numerator, every.fits_denominator) == ("all", 240, 240)
+    assert (certified.fits, certified.fits_numerator, certified.fits_denominator) == ("certified", 60, 240)
+    assert np.isinf(every.ratio)
+    assert certified.ci_low <= 4.0 <= certified.ci_high
+    none = sample_complexity_ratio(rows.assign(certified=False), pairs, target=0.02, certified_only=True).iloc[0]
+    assert none.fits_numerator == 0 and np.isnan(none.ratio) and not none.within_grids
+
+
 def test_sample_complexity_ratio_of_a_series_that_does_not_decay():
     rows = synthetic_rows(0.5, series=("decays/k=3", "flat/k=3"))
     rows.loc[rows.label == "flat", "value"] = 0.5
