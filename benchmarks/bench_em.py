@@ -14,9 +14,10 @@ built once per sample (outside the timing), as the estimator does once per fit. 
 machine, so its ratio carries the two machines' difference; the column that compares across machines is
 the floor: an iteration's time in units of one np.exp over a (k, n) array, measured in the same run.
 
---backends: EM with its E-steps on NumPy and on torch (CPU), k = 3 on `--reps` samples of paper a's model per
-n: seconds per default fit (`EM(backend=...)`, the whole global search, median over samples), the largest
-relative log-likelihood difference of the two fits and how many samples' fits differ by more than 1e-9; and
+--backends: EM with its E-steps on NumPy, on torch (CPU) and, where torch sees a GPU, on "cuda", k = 3 on
+`--reps` samples of paper a's model per n, each backend against NumPy: seconds per default fit
+(`EM(backend=...)`, the whole global search, median over samples), the largest relative log-likelihood
+difference of the two fits and how many samples' fits differ by more than 1e-9; and
 from the same `--starts` truth-free starts (half k-means, half random) through `em.solve`, the local fits
 both certify and the largest relative log-likelihood difference among them. BLAS and torch on one thread,
 as in a sweep task.
@@ -78,33 +79,50 @@ def _timed(fn):
     return out, time.perf_counter() - tic
 
 
+def _usable_backends() -> list[str]:
+    """NumPy and torch on the CPU, and "cuda" where torch sees a GPU."""
+    import torch
+
+    return ["numpy", "torch"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 def backends(sizes, reps: int, n_starts: int, k: int = 3) -> pd.DataFrame:
-    """The --backends table (module docstring)."""
+    """The --backends table (module docstring): each other backend against NumPy."""
+    names = _usable_backends()
+    others = names[1:]
     rows = []
     for n in sizes:
-        seconds, fit_gaps, certified, start_gaps = {"numpy": [], "torch": []}, [], 0, []
+        seconds = {name: [] for name in names}
+        fit_gaps, certified, start_gaps = ({name: [] for name in others}, {name: 0 for name in others},
+                                           {name: [] for name in others})
         for seed in range(reps):
             X, y = ms.sample(SPEC, TRUTH, n, rng=seed, design="equispaced", bounds=(0.0, 1.0))
-            fits = {}
-            for backend in seconds:
-                fits[backend], took = _timed(lambda: ms.fit(SPEC, X, y, k, estimator=EM(backend=backend), rng=seed))
-                seconds[backend].append(took)
-            fit_gaps.append(abs(fits["numpy"].objective - fits["torch"].objective) / abs(fits["numpy"].objective))
             plan = {"kmeans": n_starts // 2, "random": n_starts - n_starts // 2}
             starts = initial_measures(SPEC, X, y, k, plan, rng=seed + 1, method="em")
             est = EM()
-            local = [em.solve(SPEC, X, y, k, starts, tol=est.tol, max_iter=est.max_iter, var_floor=est.var_floor,
-                              polish=est.polish, backend=backend) for backend in seconds]
-            both = [(a.objective, b.objective) for a, b in zip(*local) if a.converged and b.converged]
-            certified += len(both)
-            start_gaps += [abs(a - b) / abs(a) for a, b in both]
-        numpy_s, torch_s = (float(np.median(v)) for v in seconds.values())
-        rows.append({"k": k, "n": n, "s/fit numpy": numpy_s, "s/fit torch": torch_s, "torch / numpy": torch_s / numpy_s,
-                     "max rel diff of the fits": f"{max(fit_gaps):.1e}",
-                     "fits > 1e-9 apart": f"{sum(g > 1e-9 for g in fit_gaps)}/{reps}",
-                     "same starts certified by both": f"{certified}/{reps * n_starts}",
-                     "same starts max rel diff": f"{max(start_gaps, default=np.nan):.1e}",
-                     "same starts > 1e-9 apart": sum(g > 1e-9 for g in start_gaps)})
+            fits, local = {}, {}
+            for backend in names:
+                fits[backend], took = _timed(lambda: ms.fit(SPEC, X, y, k, estimator=EM(backend=backend), rng=seed))
+                seconds[backend].append(took)
+                local[backend] = em.solve(SPEC, X, y, k, starts, tol=est.tol, max_iter=est.max_iter,
+                                          var_floor=est.var_floor, polish=est.polish, backend=backend)
+            base = fits["numpy"].objective
+            for name in others:
+                fit_gaps[name].append(abs(base - fits[name].objective) / abs(base))
+                both = [(a.objective, b.objective) for a, b in zip(local["numpy"], local[name])
+                        if a.converged and b.converged]
+                certified[name] += len(both)
+                start_gaps[name] += [abs(a - b) / abs(a) for a, b in both]
+        numpy_s = float(np.median(seconds["numpy"]))
+        for name in others:
+            other_s = float(np.median(seconds[name]))
+            rows.append({"k": k, "n": n, "backend": name, "s/fit numpy": numpy_s, "s/fit backend": other_s,
+                         "backend / numpy": other_s / numpy_s,
+                         "max rel diff of the fits": f"{max(fit_gaps[name]):.1e}",
+                         "fits > 1e-9 apart": f"{sum(g > 1e-9 for g in fit_gaps[name])}/{reps}",
+                         "same starts certified by both": f"{certified[name]}/{reps * n_starts}",
+                         "same starts max rel diff": f"{max(start_gaps[name], default=np.nan):.1e}",
+                         "same starts > 1e-9 apart": sum(g > 1e-9 for g in start_gaps[name])})
     return pd.DataFrame(rows)
 
 

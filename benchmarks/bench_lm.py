@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_lm.py [--sizes 1000 10000 100000] [--reps 1] [--starts 8]
     .venv/bin/python benchmarks/bench_lm.py --gpu-batch [--replicates 40 --starts 32 --n 100000]
+                                            [--cpu-replicates 1 --cpu-starts 4]
 
 Per model and n, on `--reps` samples, the same `--starts` truth-free starts (half k-means, half random) go to
 `lm.solve` on NumPy, on torch (CPU) and to `lse.solve` (scipy L-BFGS-B, the default solver): seconds (median
@@ -9,8 +10,10 @@ over samples), local fits certified, the largest relative objective difference b
 among starts both certified, and the best certified objective of each solver relative to the best of all.
 BLAS and torch are limited to one thread, as in a sweep task.
 
---gpu-batch: `lm.solve_batch` on `--replicates` samples x `--starts` starts at once, on "cuda" against
-"numpy", seconds and the largest relative objective difference (both certified); says so when there is no GPU.
+--gpu-batch: `lm.solve_batch` on `--replicates` samples x `--starts` starts at once on "cuda", against "numpy"
+on the first `--cpu-replicates` x `--cpu-starts` of the same problems (`gpu_batch`): seconds, start-iterations,
+the largest relative objective difference (both certified) and the speed-up per start-iteration; says so when
+there is no GPU.
 Prints Markdown tables.
 """
 
@@ -86,23 +89,45 @@ def backends(sizes, reps, n_starts) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def gpu_batch(replicates: int, n_starts: int, n: int) -> str:
+def _batch_line(label, results, seconds) -> str:
+    """One line of the GPU report: problems, start-iterations, certified, seconds and ms per start-iteration."""
+    fits = [r for recs in results for r in recs]
+    iters = sum(r.n_iter for r in fits)
+    return (f"{label}: {len(fits)} starts, {iters} start-iterations, {sum(r.converged for r in fits)} certified, "
+            f"{seconds:.1f} s, {1e3 * seconds / max(iters, 1):.2f} ms per start-iteration")
+
+
+def gpu_batch(replicates: int, n_starts: int, n: int, cpu_replicates: int, cpu_starts: int) -> None:
+    """Prints, line by line as each stage ends: NumPy on the first `cpu_replicates` x `cpu_starts` problems (one
+    core, as in a sweep task; the whole batch would take hours there), "cuda" on the same subset, their largest
+    relative objective difference (starts both certify), then "cuda" on the whole batch and its speed-up per
+    start-iteration over NumPy."""
     import torch
 
     if not torch.cuda.is_available():
-        return "No CUDA device here: the GPU batch was not measured."
+        print("No CUDA device here: the GPU batch was not measured.")
+        return
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, numpy {np.__version__}; sigmoid tanh k = 3, "
+          f"n = {n}, tol {TOL:.0e}, at most {MAX_ITER} iterations", flush=True)
     spec, G, k = TANH, G_TANH, 3
     Xs, ys, starts = zip(*(_problem(spec, G, k, n, seed, n_starts) for seed in range(replicates)))
+    lm.solve_batch(spec, Xs[:1], ys[:1], k, [starts[0][:1]], max_iter=2, backend="cuda")  # CUDA start-up
+    subset = (Xs[:cpu_replicates], ys[:cpu_replicates], [s[:cpu_starts] for s in starts[:cpu_replicates]])
     out = {}
-    for backend in ("cuda", "numpy"):
-        out[backend] = _timed(lambda: lm.solve_batch(spec, Xs, ys, k, starts, tol=TOL, max_iter=MAX_ITER,
-                                                     backend=backend))
-    gaps = [abs(a.objective - b.objective) / a.objective
-            for ra, rb in zip(out["numpy"][0], out["cuda"][0]) for a, b in zip(ra, rb) if a.converged and b.converged]
-    (_, on_gpu), (_, on_cpu) = out["cuda"], out["numpy"]
-    return (f"{replicates} replicates x {n_starts} starts at n = {n}, sigmoid tanh k = 3: cuda {on_gpu:.1f} s, "
-            f"numpy {on_cpu:.1f} s (speed-up {on_cpu / on_gpu:.1f}x); "
-            f"certified by both {len(gaps)}, largest relative objective difference {max(gaps, default=np.nan):.1e}")
+    for backend, (xs, y_, st) in (("numpy", subset), ("cuda", subset), ("cuda batch", (Xs, ys, starts))):
+        if backend != "numpy":
+            torch.cuda.synchronize()
+        out[backend] = _timed(lambda: lm.solve_batch(spec, xs, y_, k, st, tol=TOL, max_iter=MAX_ITER,
+                                                     backend=backend.split()[0]))
+        print(_batch_line(f"{backend} ({len(xs)} x {len(st[0])})", *out[backend]), flush=True)
+        if backend == "cuda":
+            gaps = [abs(a.objective - b.objective) / a.objective for ra, rb in zip(out["numpy"][0], out["cuda"][0])
+                    for a, b in zip(ra, rb) if a.converged and b.converged]
+            print(f"same subset, certified by both: {len(gaps)}, largest relative objective difference "
+                  f"{max(gaps, default=np.nan):.1e}", flush=True)
+    per_iter = {key: seconds / sum(r.n_iter for recs in res for r in recs) for key, (res, seconds) in out.items()}
+    print(f"speed-up per start-iteration: cuda batch over numpy {per_iter['numpy'] / per_iter['cuda batch']:.0f}x, "
+          f"cuda subset over numpy {per_iter['numpy'] / per_iter['cuda']:.1f}x", flush=True)
 
 
 def main():
@@ -113,9 +138,11 @@ def main():
     parser.add_argument("--gpu-batch", action="store_true")
     parser.add_argument("--replicates", type=int, default=40)
     parser.add_argument("--n", type=int, default=100000)
+    parser.add_argument("--cpu-replicates", type=int, default=1)
+    parser.add_argument("--cpu-starts", type=int, default=4)
     args = parser.parse_args()
     if args.gpu_batch:
-        print(gpu_batch(args.replicates, args.starts, args.n))
+        gpu_batch(args.replicates, args.starts, args.n, args.cpu_replicates, args.cpu_starts)
     else:
         print(to_markdown(backends(args.sizes, args.reps, args.starts)))
 
