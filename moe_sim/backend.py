@@ -181,7 +181,11 @@ class TorchBackend(Backend):
         return self.torch.amax(a, dim=axis, keepdim=keepdims)
 
     def qr_r(self, a):
-        return self.torch.linalg.qr(a, mode="r")[1]
+        """On a GPU, by `tree_qr_r`: torch factors a stack of matrices taller than 256 rows with one cuSOLVER call
+        per matrix, which leaves the GPU idle (benchmarks/README.md, "Least squares on a GPU")."""
+        if self.device.type == "cpu":
+            return self.torch.linalg.qr(a, mode="r")[1]
+        return tree_qr_r(self.torch, a)
 
     def swap_last(self, a):
         return a.transpose(-1, -2)
@@ -191,6 +195,28 @@ class TorchBackend(Backend):
 
     def ones_like(self, a):
         return self.torch.ones_like(a)
+
+
+_LEAF_ROWS = 256  # torch factors a stack of matrices of at most 256 rows in one batched cuBLAS call
+
+
+def tree_qr_r(torch, a, leaf_rows: int = _LEAF_ROWS):
+    """The R factor of each matrix in a stack (..., m, p) by a tree of QRs (TSQR): split the rows into leaves of
+    `leaf_rows` (the last one padded with zero rows), factor every leaf of every matrix at once, stack each
+    matrix's leaf factors and repeat until one block is left. Householder on every block, so it is as stable as
+    one QR of the whole matrix; R agrees with it up to the signs of its rows."""
+    p = a.shape[-1]
+    if 2 * p > leaf_rows:
+        return torch.linalg.qr(a, mode="r")[1]
+    stack = a.shape[:-2]
+    while a.shape[-2] > leaf_rows:
+        leaves = -(-a.shape[-2] // leaf_rows)
+        pad = leaves * leaf_rows - a.shape[-2]
+        if pad:
+            a = torch.cat([a, a.new_zeros(*stack, pad, p)], dim=-2)
+        r = torch.linalg.qr(a.reshape(*stack, leaves, leaf_rows, p), mode="r")[1]
+        a = r.reshape(*stack, leaves * p, p)
+    return torch.linalg.qr(a, mode="r")[1]
 
 
 def check_backend(name, owner: str = "backend") -> None:

@@ -137,6 +137,21 @@ def test_a_gate_without_an_array_form_is_refused_by_lm():
         LeastSquares(solver="lm").check_spec(spec)
 
 
+def test_the_gpu_tree_factor_reaches_numpys_optimum(monkeypatch):
+    """LM with the factor a GPU uses (`tree_qr_r`, here on torch's CPU with leaves of 64 rows, so that every chunk
+    goes through three levels): the same certified optima as NumPy's single QR, to 1e-9 relative."""
+    from moe_sim.backend import TorchBackend, tree_qr_r
+
+    monkeypatch.setattr(TorchBackend, "qr_r", lambda self, a: tree_qr_r(self.torch, a, leaf_rows=64))
+    X, y, starts = _data(TANH, G_TANH, 5000)
+    on_numpy = lm.solve(TANH, X, y, 2, starts, bounds=20.0, tol=1e-9, max_iter=500)
+    on_tree = lm.solve(TANH, X, y, 2, starts, bounds=20.0, tol=1e-9, max_iter=500, backend="torch")
+    both = [(a, b) for a, b in zip(on_numpy, on_tree) if a.converged and b.converged]
+    assert len(both) >= 4
+    for a, b in both:
+        assert abs(a.objective - b.objective) <= 1e-9 * a.objective
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_agrees_with_numpy():
