@@ -98,6 +98,18 @@ def test_result_diagnostics_and_reproducibility():
     assert a.certified == (a.converged and a.search.n_hits >= 3)
 
 
+def test_a_p_miss_target_keeps_the_search_going():
+    """Over-specified (k = 3 on two atoms) at n = 500: one hit stops the search after its first round, with 19
+    distinct optima among 22 local fits; asking also for p_miss <= 0.02 runs every round it may, finds an
+    optimum at least as low, and says that it did not meet its rule."""
+    X, y = ms.sample(TANH, G_TANH, 500, rng=6, noise_sd=0.1, bounds=BOX)
+    loose = fit(TANH, X, y, 3, rng=6, bounds=10.0, search={"hits": 1, "max_rounds": 4})
+    tight = fit(TANH, X, y, 3, rng=6, bounds=10.0, search={"hits": 1, "max_rounds": 4, "max_p_miss": 0.02})
+    assert loose.search.met and loose.search.rounds == 1 and loose.search.p_miss > 0.02
+    assert tight.search.rounds == 4 and tight.search.met == (tight.search.p_miss <= 0.02)
+    assert tight.objective <= loose.objective
+
+
 def test_screening_polishes_only_the_best_starts():
     X, y = ms.sample(TANH, G_TANH, 3000, rng=4, noise_sd=0.1, bounds=BOX)
     result = fit(TANH, X, y, 2, n_starts=3, rng=4, screen=1000, keep=2, search={"hits": 1, "max_rounds": 1})
@@ -154,6 +166,7 @@ def test_non_finite_fit_returns_unconverged_result():
         ({"max_iter": 0}, r"LeastSquares.max_iter = 0 is not allowed"),
         ({"search": {"hit": 3}}, r"search option\(s\) \['hit'\] not allowed"),
         ({"search": {"hits": 0}}, r"Search.hits = 0 is not allowed"),
+        ({"search": {"max_p_miss": 0.0}}, r"Search.max_p_miss = 0.0 is not allowed: expected a number in \(0, 1\]"),
         ({"k": 13}, r"n = 50 samples is not allowed for k = 13: a fit needs more samples than its 52 parameters"),
     ],
 )

@@ -8,7 +8,8 @@ count and the report of how sure the search is live once, in `Estimator.fit`:
   best fit with one atom fewer, merge moves on the best fit so far, and near-truth starts only when the
   caller gives the truth) until the best objective has been reached from `Search.hits` different starts,
   to within `Search.hit_tol` (sigma^2 units of RSS for least squares, with sigma^2 estimated by RSS / n;
-  nats for EM), or `Search.max_rounds` rounds have run;
+  nats for EM) and, if asked, the estimate below is at most `Search.max_p_miss`, or `Search.max_rounds`
+  rounds have run;
 - the report (`SearchReport`) gives the number of local fits, the hits, the distinct optima, the gap to
   the second best and Boender and Rinnooy Kan's estimate of the share of starts that would land in an
   optimum not yet seen, w (w + 1) / (N (N - 1)) for w distinct optima in N local fits.
@@ -68,17 +69,26 @@ def _check_positive(owner: str, name: str, value) -> None:
 
 @dataclass(frozen=True)
 class Search:
-    """When the global search stops: `hits` local fits at the best objective (within `hit_tol`), or after
-    `max_rounds` rounds of starts."""
+    """When the global search stops: `hits` local fits at the best objective (within `hit_tol`) and an
+    estimated chance of a basin not yet seen (`SearchReport.p_miss`) of at most `max_p_miss` (1: no such
+    test), or after `max_rounds` rounds of starts. Three hits alone can land on a large basin that is not the
+    lowest (benchmarks/README.md, "Global-fit rate")."""
 
     hits: int = 3
     max_rounds: int = 3
     hit_tol: float = 0.01
+    max_p_miss: float = 1.0
 
     def __post_init__(self):
         _check_int("Search", "hits", self.hits, 1)
         _check_int("Search", "max_rounds", self.max_rounds, 1)
         _check_positive("Search", "hit_tol", self.hit_tol)
+        if not (_is_real(self.max_p_miss) and 0 < self.max_p_miss <= 1):
+            raise ValueError(f"Search.max_p_miss = {self.max_p_miss!r} is not allowed: expected a number in (0, 1]")
+
+    def met(self, hits: int, p_miss: float) -> bool:
+        """Whether a search with these hits and this p_miss may stop."""
+        return hits >= self.hits and p_miss <= self.max_p_miss
 
 
 # The chain of fits with fewer atoms that split starts come from: one round, one hit, few starts of its own.
@@ -231,7 +241,7 @@ class Estimator:
         N, w = len(values), len(starts_of_optima)
         p_miss = min(1.0, w * (w + 1) / (N * (N - 1))) if N > 1 else 1.0
         gap = float(starts_of_optima[1]) if w > 1 else np.inf
-        return SearchReport(N, hits, w, gap, p_miss, hits >= self.search.hits, rounds, tol)
+        return SearchReport(N, hits, w, gap, p_miss, self.search.met(hits, p_miss), rounds, tol)
 
     def _result(self, spec, X, y, records, report, G_true) -> FitResult:
         best = self.best_start(records)

@@ -39,7 +39,8 @@ class SearchReport:
     hit_tol: sigma^2 units of RSS for least squares, nats for EM); n_optima: distinct optima seen; gap: the
     distance from the best to the second-best distinct optimum in the same units (inf when only one was seen);
     p_miss: Boender-Rinnooy Kan's posterior estimate of the share of starts that would land in a basin not
-    yet seen; met: the search stopped because n_hits reached its target, not because its budget ran out.
+    yet seen; met: the search stopped because n_hits (and p_miss, if `Search.max_p_miss` asks) reached its
+    target, not because its budget ran out.
     """
 
     n_starts: int
