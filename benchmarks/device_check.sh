@@ -3,8 +3,8 @@
 #   bash benchmarks/device_check.sh OUTDIR
 # The `gpu` tests, then bench_lm.py's batch of 40 replicates x 32 starts at n = 1e5 on "cuda" (NumPy timed on
 # 1 x 4 of the same problems), then bench_em.py's backends table with "cuda" (one size per process, so that each
-# prints). About 8 minutes on an H200. Each stage has its own time limit, so that a slow one still leaves the
-# others' output; everything is logged to OUTDIR/device_check.log.
+# prints). About 4 minutes on an H200, by the stages' times in benchmarks/README.md. Each stage has its own time
+# limit, so that a slow one still leaves the others' output; everything is logged to OUTDIR/device_check.log.
 set -uo pipefail
 out=${1:?usage: device_check.sh OUTDIR}
 log=$out/device_check.log
